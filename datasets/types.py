@@ -65,3 +65,12 @@ class DatasetInfo:
     seg_to_det: tuple[int, ...]  # detection index of each segmentation class, -1 if not detected
     has_yaw: bool  # whether boxes carry a meaningful yaw (SUN RGB-D) or are axis-aligned (ScanNet)
     ignore_index: int = IGNORE_INDEX
+
+
+@dataclasses.dataclass
+class Detections:
+    """Predicted 3D boxes of one scene, in the box convention above."""
+
+    boxes: np.ndarray  # (P, 7) float32 [cx, cy, cz, dx, dy, dz, yaw]
+    labels: np.ndarray  # (P,) int64 detection class index
+    scores: np.ndarray  # (P,) float32, higher = more confident

@@ -1,0 +1,57 @@
+"""Command line: parse flags, parse gin strictly, build the experiment, run it; user errors in one line."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from bench.errors import HarnessError
+
+DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_bench.py",
+        description="sam3d-bench: run a benchmark described by gin files and log it to MLflow.",
+        epilog="example: python run_bench.py --gin=gin/demo.gin --gin_binding='SyntheticIndoor.num_train = 8'",
+    )
+    parser.add_argument("--gin", action="append", default=[], metavar="FILE", required=True,
+                        help="gin file (repeatable; later files override earlier ones). Looked up as given, "
+                             "then in the repository root, then in gin/. Includes resolve relative to gin/.")
+    parser.add_argument("--gin_binding", action="append", default=[], metavar="BINDING",
+                        help="a gin binding such as 'Experiment.seeds = 3' (repeatable; applied after the files)")
+    parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
+                        help=f"folder for everything a run writes, the embedded MLflow store included "
+                             f"(default: {DEFAULT_RESULTS_DIR})")
+    return parser
+
+
+def _terminate_as_interrupt(signum, frame):
+    # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C so open MLflow runs end KILLED.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of run_bench.py; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        from bench.config import describe_gin_error, parse_config
+
+        parse_config(args.gin, args.gin_binding)
+        from bench.runner import Experiment
+
+        try:
+            experiment = Experiment()
+        except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
+            raise HarnessError(describe_gin_error(e, source="config")) from None
+        experiment.run(args.results_dir)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: open MLflow runs were marked KILLED; no partial results were kept", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,144 @@
+"""gin plumbing: locate files, parse them strictly, turn gin's errors into one line, read the result back.
+
+Top-level ``--gin`` files are looked up as given (relative to the working directory), then relative to
+the repository root, then relative to ``gin/``. ``include`` statements inside them resolve relative to
+``gin/`` only, so a config means the same thing from any working directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util  # noqa: F401  gin's include error path uses importlib.util without importing it
+import inspect
+import pathlib
+import re
+from collections.abc import Iterator, Sequence
+
+import gin
+import gin.config
+
+from bench.errors import HarnessError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+GIN_DIR = REPO_ROOT / "gin"
+
+
+def resolve_gin_file(name: str) -> pathlib.Path:
+    """The path of a top-level gin file named on the command line; HarnessError if there is none."""
+    candidates = [pathlib.Path(name), REPO_ROOT / name, GIN_DIR / name]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise HarnessError(f"gin file not found: {name} (looked in the working directory, {REPO_ROOT} and {GIN_DIR})")
+
+
+@contextlib.contextmanager
+def _includes_relative_to_gin_dir() -> Iterator[None]:
+    # gin searches include paths in _LOCATION_PREFIXES, starting with '' (the working directory); the
+    # public add_config_file_search_path can only append, so swap the list for the parse and restore it.
+    prefixes = gin.config._LOCATION_PREFIXES
+    saved = list(prefixes)
+    prefixes[:] = [str(GIN_DIR)]
+    try:
+        yield
+    finally:
+        prefixes[:] = saved
+
+
+def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> list[pathlib.Path]:
+    """Parse gin files then bindings, in order, strictly (unknown names are errors); finalize the config.
+
+    Every registered component is imported first, so a name is unknown only if it really does not exist.
+    Raises HarnessError with a one-line message naming the file or binding, and the nearest valid name.
+    """
+    import bench.registry  # noqa: F401  registers every component with gin
+
+    paths = [resolve_gin_file(name) for name in gin_files]
+    with _includes_relative_to_gin_dir():
+        for name, path in zip(gin_files, paths):
+            try:
+                gin.parse_config_file(str(path))
+            except Exception as e:  # gin raises ValueError, OSError, SyntaxError, TokenError...
+                raise HarnessError(describe_gin_error(e, source=name)) from None
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except Exception as e:
+                raise HarnessError(describe_gin_error(e, source=f"--gin_binding {binding!r}")) from None
+    gin.finalize()
+    return paths
+
+
+_LOCATION = re.compile(r'In file "([^"]+)", line (\d+)')
+_NO_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'")
+_NO_PARAMETER = re.compile(r"Configurable '([\w./]+)' doesn't have a parameter named '(\w+)'")
+_MISSING_FILE = re.compile(r"Unable to open file: (\S+?)\.? Searched")
+
+
+def describe_gin_error(error: BaseException, source: str) -> str:
+    """A one-line description of a gin parse or call error, with the nearest valid name where possible."""
+    text = str(error).strip()
+    first = text.splitlines()[0].strip() if text else type(error).__name__
+    where = source
+    if match := _LOCATION.search(text):
+        file, line = match.groups()
+        where = f"{_short_path(file)}:{line}"
+    if match := _MISSING_FILE.search(text):
+        return f"{where}: gin include not found: {match.group(1)} (includes resolve relative to {GIN_DIR})"
+    if match := _NO_CONFIGURABLE.search(first):
+        return f"{where}: {first}{_did_you_mean(match.group(1), registered_names())}"
+    if match := _NO_PARAMETER.search(first):
+        configurable, parameter = match.groups()
+        return f"{where}: {first}{_did_you_mean(parameter, parameter_names(configurable))}"
+    if isinstance(error, SyntaxError) or type(error).__name__ == "TokenError":
+        return f"{where}: cannot parse gin statement ({first})"
+    return f"{where}: {first}"
+
+
+def _short_path(file: str) -> str:
+    path = pathlib.Path(file)
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(REPO_ROOT))
+    return file
+
+
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def registered_names() -> list[str]:
+    """Every name a gin file may use for a registered component: short names and full selectors."""
+    names = set()
+    for selector, configurable in gin.config._REGISTRY.items():
+        names.update((selector, configurable.name))
+    return sorted(names)
+
+
+def parameter_names(configurable_name: str) -> list[str]:
+    """The keyword parameters of a registered component (empty if the name is unknown)."""
+    try:
+        target = gin.config._REGISTRY.get_match(configurable_name).wrapped
+        signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return []
+    return [p for p in signature.parameters if p != "self"]
+
+
+def config_bindings(config_text: str) -> dict[str, str]:
+    """Map ``scope/Name.param`` to its value text for every binding in a gin config string.
+
+    Used to log params to MLflow; multi-line values are joined and whitespace-collapsed.
+    """
+    bindings: dict[str, str] = {}
+    key = None
+    for raw in config_text.splitlines():
+        line = raw.rstrip()
+        if not line or line.lstrip().startswith("#"):
+            continue
+        if not raw[0].isspace() and " = " in line and not line.startswith(("import ", "include ")):
+            key, value = line.split(" = ", 1)
+            bindings[key.strip()] = value.strip()
+        elif key is not None and raw[0].isspace():
+            bindings[key] = f"{bindings[key]} {line.strip()}"
+    return {k: re.sub(r"\s+", " ", v) for k, v in bindings.items()}

@@ -1,0 +1,139 @@
+"""MLflow tracking: one experiment per table/benchmark, a parent run per invocation, nested child runs.
+
+The tracking URI is, in order: the one given in gin (``Experiment.tracking_uri``), ``MLFLOW_TRACKING_URI``,
+or an embedded SQLite store ``<results_dir>/mlflow.db`` with artifacts under ``<results_dir>/mlartifacts``
+(MLflow 3 no longer accepts a plain ``./mlruns`` folder as a tracking store).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Iterator, Mapping
+
+from bench.errors import HarnessError
+
+# Run statuses as MLflow names them; a run cut off by Ctrl-C or SIGTERM ends KILLED, an error FAILED.
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+_BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
+_MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(results_dir: pathlib.Path) -> str:
+    """The embedded SQLite store inside ``results_dir``."""
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(configured: str | None, results_dir: pathlib.Path) -> str:
+    """gin value, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results_dir)
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    # MLflow retries an unreachable server for minutes by default; a preflight check should answer now.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _quiet_mlflow_logs() -> None:
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """An MLflow experiment and the runs of one invocation, through an explicit client (no global state)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: pathlib.Path | None = None):
+        self.uri = uri
+        self.experiment = experiment
+        self.artifact_root = artifact_root
+        self._client = None
+        self.experiment_id: str | None = None
+
+    def connect(self) -> None:
+        """Reach the store and create or find the experiment; HarnessError in one line if unusable."""
+        _quiet_mlflow_logs()
+        from mlflow.tracking import MlflowClient
+
+        with _fail_fast_http():
+            try:
+                client = MlflowClient(tracking_uri=self.uri)
+                found = client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    location = (self.artifact_root / self.experiment).resolve().as_uri() if self.artifact_root else None
+                    self.experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+                else:
+                    self.experiment_id = found.experiment_id
+            except Exception as e:  # mlflow raises many types for a bad URI: MlflowException, OSError, ...
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise HarnessError(f"MLflow tracking URI {self.uri!r} is not usable: {first}") from None
+        self._client = client
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Mapping[str, str] | None = None,
+            parent: RunHandle | None = None) -> Iterator[RunHandle]:
+        """Open a run (nested under ``parent`` if given); it ends FINISHED, FAILED or KILLED, never RUNNING."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        all_tags = dict(tags or {})
+        if parent is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+        created = self._client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        handle = RunHandle(self._client, created.info.run_id, name)
+        status = FAILED
+        try:
+            yield handle
+            status = FINISHED
+        except KeyboardInterrupt:
+            status = KILLED
+            raise
+        finally:
+            self._client.set_terminated(handle.run_id, status)
+
+
+class RunHandle:
+    """Logging calls bound to one run."""
+
+    def __init__(self, client, run_id: str, name: str):
+        self._client = client
+        self.run_id = run_id
+        self.name = name
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self._client.log_batch(self.run_id, params=items[start:start + _BATCH])
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        for start in range(0, len(items), _BATCH):
+            self._client.log_batch(self.run_id, tags=items[start:start + _BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        # NaN is kept: MLflow stores it, and a NaN per-class IoU says the class was absent.
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for start in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[start:start + 1000])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+

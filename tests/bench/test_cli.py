@@ -1,0 +1,77 @@
+"""The command line as a user runs it: help, bad input as one-line errors with no results written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def _run(*args: str, cwd=REPO_ROOT, env_extra=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(REPO_ROOT / "run_bench.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help():
+    result = _run("--help")
+    assert result.returncode == 0 and "--gin_binding" in result.stdout and "results/runs" in result.stdout
+
+
+def test_missing_gin_file(tmp_path):
+    line = _one_line_error(_run("--gin=gin/nope.gin", f"--results_dir={tmp_path / 'out'}"))
+    assert "gin/nope.gin" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_binding(tmp_path):
+    line = _one_line_error(_run("--gin=gin/smoke.gin", "--gin_binding=SyntheticIndoor.num_tran = 2",
+                                f"--results_dir={tmp_path / 'out'}"))
+    assert "num_tran" in line and "num_train" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_results_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    line = _one_line_error(_run("--gin=gin/smoke.gin", f"--results_dir={blocker / 'out'}"))
+    assert "not writable" in line and str(blocker / "out") in line
+
+
+@pytest.mark.parametrize("how", ["gin", "env"])
+def test_invalid_tracking_uri(tmp_path, how):
+    uri = "nosuchscheme://nowhere/x"
+    args = ["--gin=gin/smoke.gin", f"--results_dir={tmp_path / 'out'}"]
+    if how == "gin":
+        result = _run(*args, f"--gin_binding=Experiment.tracking_uri = '{uri}'")
+    else:
+        result = _run(*args, env_extra={"MLFLOW_TRACKING_URI": uri})
+    line = _one_line_error(result)
+    assert uri in line
+    assert not any(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+
+
+def test_required_value_missing(tmp_path):
+    line = _one_line_error(_run("--gin=gin/base/experiment.gin", f"--results_dir={tmp_path / 'out'}"))
+    assert "Required bindings" in line and "Experiment" in line
+
+
+def test_runs_from_another_working_directory(tmp_path):
+    result = _run("--gin=gin/smoke.gin", "--gin_binding=SyntheticIndoor.num_train = 2",
+                  "--gin_binding=SyntheticIndoor.num_val = 1", f"--results_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "synthetic/det/AP25" in result.stdout or "det/AP25" in result.stdout
+    assert (tmp_path / "out" / "mlflow.db").is_file()
+    assert len(list((tmp_path / "out" / "synthetic_smoke").iterdir())) == 1

@@ -1,0 +1,57 @@
+"""The harness's top-level packages are never installed, so Hugging Face's `datasets` is not shadowed."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tomllib
+
+from tests.conftest import REPO_ROOT
+
+
+def test_pyproject_installs_no_packages():
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert config["tool"]["setuptools"]["packages"] == []
+    assert config["tool"]["setuptools"]["py-modules"] == []
+    names = {dep.split(">")[0].split("=")[0].split("<")[0] for dep in config["project"]["dependencies"]}
+    assert {"torch", "gin-config", "mlflow", "transformers", "segment-anything"} <= names
+
+
+def test_installed_distribution_carries_no_top_level_packages():
+    try:
+        files = importlib.metadata.files("sam3d-bench") or []
+    except importlib.metadata.PackageNotFoundError:
+        return  # running from a checkout whose dependencies were installed another way
+    top = {str(f).split("/")[0] for f in files}
+    assert not top & {"datasets", "bench", "methods"}, top
+
+
+_PROBE = r"""
+import sys, tempfile, os
+import datasets, bench
+assert datasets.__file__.startswith(sys.argv[1]), datasets.__file__
+import torch, transformers
+config = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, image_size=28, patch_size=14)
+out = transformers.Dinov2Model(config)(pixel_values=torch.zeros(1, 3, 28, 28)).last_hidden_state
+assert out.shape == (1, 5, 16), out.shape
+transformers.utils.is_datasets_available()  # must answer, not crash
+import mlflow
+from mlflow.tracking import MlflowClient
+store = tempfile.mkdtemp()
+client = MlflowClient(f"sqlite:///{store}/m.db")
+exp = client.create_experiment("probe", artifact_location=f"file://{store}/a")
+run = client.create_run(exp)
+client.log_metric(run.info.run_id, "x/AP25", 1.0)
+client.set_terminated(run.info.run_id)
+assert client.get_run(run.info.run_id).data.metrics["x/AP25"] == 1.0
+print("ok")
+"""
+
+
+def test_transformers_and_mlflow_work_with_the_checkout_on_the_path():
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", _PROBE, str(REPO_ROOT)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
