@@ -22,7 +22,7 @@ class _Exploding:
         raise self.error("boom")
 
 
-gin.register(_Exploding, name="ExplodingMethod", module="tests")
+gin.external_configurable(_Exploding, name="ExplodingMethod", module="tests")
 
 SMALL = ["SyntheticIndoor.num_train = 2", "SyntheticIndoor.num_val = 1", "SyntheticIndoor.frames_per_scene = 1"]
 
@@ -69,7 +69,7 @@ def test_smoke_run_writes_results_and_mlflow_structure(tmp_path):
 
 @pytest.mark.parametrize("error, status", [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_a_failing_row_ends_its_runs_failed_or_killed_and_keeps_no_results(tmp_path, error, status):
-    gin.register(lambda seed=0: _Exploding(seed, error), name=f"Exploding_{status}", module="tests")
+    gin.external_configurable(lambda seed=0: _Exploding(seed, error), name=f"Exploding_{status}", module="tests")
     parse_config(["smoke.gin"], SMALL + [f"Experiment.rows = {{'boom': @Exploding_{status}}}"])
     with pytest.raises(error):
         Experiment().run(tmp_path)
