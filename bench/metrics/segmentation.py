@@ -1,0 +1,114 @@
+"""Semantic segmentation mIoU / mAcc / overall accuracy, DESIGN.md 2.10 (matches mmdet3d ``seg_eval``).
+
+Conventions, each named:
+
+- SPLIT_CONFUSION: one confusion matrix summed over every point of the split (not a mean of
+  per-scene scores). Rows are ground truth, columns predictions.
+- IGNORE_INDEX: points whose GT equals ``ignore_index`` are dropped, whatever their prediction
+  (default -1, the harness's ``datasets.types.IGNORE_INDEX``). Any other GT or prediction outside
+  ``[0, num_classes)`` is an error, not silently dropped (mmdet3d drops out-of-range GT).
+- IOU: IoU_c = TP / (TP + FP + FN); a class absent from both GT and predictions is NaN and
+  excluded from mIoU (a class only predicted has IoU 0).
+- ACC: acc_c = TP / (TP + FN), the recall of class c; NaN where the class has no GT.
+- MEANS: mIoU and mAcc are NaN-means over classes; oAcc = correct points / kept points. An empty
+  mean (or no kept point) is NaN, without a warning.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = -1) -> np.ndarray:
+    """(num_classes, num_classes) int64 counts, ``[gt, pred]``, over points whose GT is not ignored.
+
+    Raises ``ValueError`` on a length mismatch, non-integer labels, or a kept GT / prediction
+    outside ``[0, num_classes)``.
+    """
+    gt = _int_labels(gt, "gt")
+    pred = _int_labels(pred, "pred")
+    if gt.shape != pred.shape:
+        raise ValueError(
+            f"expected as many predictions as GT labels, got {len(pred)} predictions for {len(gt)} points"
+        )
+    kept = gt != ignore_index
+    gt, pred = gt[kept], pred[kept]
+    for name, values in (("GT label", gt), ("prediction", pred)):
+        bad = (values < 0) | (values >= num_classes)
+        if bad.any():
+            hint = f" (ignore_index is {ignore_index})" if name == "GT label" else ""
+            raise ValueError(f"{name} {values[bad][0]} is outside [0, {num_classes}){hint}")
+    counts = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: np.ndarray) -> dict:
+    """IoU / accuracy per class and their means from a split's confusion matrix ``[gt, pred]``."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    num_gt = confusion.sum(axis=1)
+    num_pred = confusion.sum(axis=0)
+    union = num_gt + num_pred - tp
+    iou = np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
+    acc = np.divide(tp, num_gt, out=np.full_like(tp, np.nan), where=num_gt > 0)
+    total = confusion.sum()
+    return {
+        "iou": iou.tolist(),
+        "miou": _nanmean(iou),
+        "acc": acc.tolist(),
+        "macc": _nanmean(acc),
+        "oacc": float(tp.sum() / total) if total > 0 else float("nan"),
+    }
+
+
+def evaluate_segmentation(
+    gt_list: Sequence[np.ndarray],
+    pred_list: Sequence[np.ndarray],
+    num_classes: int,
+    ignore_index: int = -1,
+) -> dict:
+    """mIoU, mAcc and overall accuracy of a split (conventions: module docstring).
+
+    Args:
+        gt_list: per-scene (N_i,) integer GT labels, ``ignore_index`` for unlabelled points.
+        pred_list: per-scene (N_i,) integer predictions, same lengths as ``gt_list``.
+        num_classes: number of segmentation classes.
+        ignore_index: GT value of points to drop (default -1).
+
+    Returns:
+        ``{"iou": [...], "miou": float, "acc": [...], "macc": float, "oacc": float}``; per-class
+        values are Python lists of ``num_classes`` floats, NaN where undefined.
+
+    Raises:
+        ValueError: one line naming the scene and the problem.
+    """
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    if len(gt_list) != len(pred_list):
+        raise ValueError(f"expected one prediction array per scene, got {len(pred_list)} for {len(gt_list)} scenes")
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for i, (gt, pred) in enumerate(zip(gt_list, pred_list)):
+        try:
+            total += confusion_matrix(gt, pred, int(num_classes), ignore_index)
+        except ValueError as err:
+            raise ValueError(f"scene {i}: {err}") from None
+    return segmentation_scores(total)
+
+
+def _int_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """A 1-D int64 view of integer labels."""
+    arr = np.asarray(labels)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of labels, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integer labels, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN (without a warning) if there are none."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
