@@ -1,0 +1,149 @@
+"""``SyntheticIndoor``: the embedded, fully simulated indoor RGB-D benchmark.
+
+Nothing here is real data: rooms, furniture, cameras and images are all procedurally simulated
+(``layout.py``, ``render.py``) so that the harness runs end to end without downloads.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import gin
+import numpy as np
+
+from datasets.geometry import aligned_box_of_oriented, backproject, pinhole_intrinsics
+from datasets.synthetic.layout import DET_CLASSES, NUM_STRUCTURAL, SEG_CLASSES, Layout, sample_layout
+from datasets.synthetic.render import render_frame
+from datasets.types import DatasetInfo, Frame, Scene
+
+_SPLIT_CODES = {"train": 0, "val": 1}
+
+
+def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Indices (sorted) of one point per occupied voxel: the first one in input order."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = np.floor(points / voxel_size).astype(np.int64)
+    keys -= keys.min(axis=0)
+    span = keys.max(axis=0) + 1
+    flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
+    _, first = np.unique(flat, return_index=True)
+    return np.sort(first)
+
+
+def fuse_frames(frames: list[Frame], voxel_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Back-project labelled frames into one world point cloud and keep one point per voxel.
+
+    Returns points (N, 3) float32, colours (N, 3) uint8, semantic (N,) int32, instance (N,) int32;
+    each kept point carries its own pixel's colour and labels (no averaging across frames).
+    """
+    pts, cols, sem, inst = [], [], [], []
+    for f in frames:
+        xyz, pix = backproject(f.depth, f.intrinsics, f.pose)
+        r, c = pix[:, 0], pix[:, 1]
+        pts.append(xyz)
+        cols.append(f.rgb[r, c])
+        sem.append(f.semantic[r, c])
+        inst.append(f.instance[r, c])
+    points = np.concatenate(pts)
+    keep = voxel_downsample(points, voxel_size)
+    return points[keep], np.concatenate(cols)[keep], np.concatenate(sem)[keep], np.concatenate(inst)[keep]
+
+
+@gin.register
+class SyntheticIndoor:
+    """A simulated indoor RGB-D benchmark (procedural rooms, ray-cast frames), not real data.
+
+    Each (seed, split, index) has its own random stream, so any scene can be generated alone and
+    scenes do not depend on each other. Segmentation classes are ``wall``, ``floor`` and the
+    furniture classes; detection classes are the furniture classes (long-tailed frequencies, see
+    ``datasets/synthetic/furniture.py``). Instance ids: 1 floor, 2-5 walls, 6+ furniture.
+
+    Args:
+        seed: master seed of the simulation.
+        num_train, num_val: number of scenes in each split.
+        frames_per_scene: simulated RGB-D frames rendered per room.
+        image_hw: (height, width) of every frame in pixels.
+        fov_deg: horizontal field of view of the simulated pinhole camera.
+        voxel_size: voxel edge (m) of the fused point cloud's downsampling.
+        min_points_per_box: an object's box is dropped (its points are kept) when fewer fused points
+            see it.
+        yaw_boxes: oriented boxes with yaw (True) or their enclosing axis-aligned boxes, yaw 0 (False).
+    """
+
+    splits: tuple[str, ...] = tuple(_SPLIT_CODES)
+
+    def __init__(self, seed: int = 0, num_train: int = 24, num_val: int = 8, frames_per_scene: int = 4,
+                 image_hw: tuple[int, int] = (120, 160), fov_deg: float = 70.0, voxel_size: float = 0.03,
+                 min_points_per_box: int = 20, yaw_boxes: bool = True):
+        if min(num_train, num_val) < 0 or frames_per_scene < 1 or voxel_size <= 0:
+            raise ValueError("SyntheticIndoor: need num_train, num_val >= 0, frames_per_scene >= 1, voxel_size > 0")
+        self.seed = int(seed)
+        self._counts = {"train": int(num_train), "val": int(num_val)}
+        self.frames_per_scene = int(frames_per_scene)
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        self.intrinsics = pinhole_intrinsics(self.image_hw, fov_deg)
+        self.voxel_size = float(voxel_size)
+        self.min_points_per_box = int(min_points_per_box)
+        self.yaw_boxes = bool(yaw_boxes)
+        self.info = DatasetInfo(
+            name="synthetic",
+            seg_classes=SEG_CLASSES,
+            det_classes=DET_CLASSES,
+            seg_to_det=tuple([-1] * NUM_STRUCTURAL + list(range(len(DET_CLASSES)))),
+            has_yaw=self.yaw_boxes,
+        )
+
+    def num_scenes(self, split: str) -> int:
+        """Number of scenes in ``split``."""
+        return self._counts[self._check_split(split)]
+
+    def _check_split(self, split: str) -> str:
+        if split not in self._counts:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
+        return split
+
+    def _streams(self, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+        """Independent layout and render generators of one scene."""
+        n = self.num_scenes(split)
+        if not 0 <= index < n:
+            raise IndexError(f"scene index {index} out of range for split {split!r} with {n} scenes")
+        layout_seq, render_seq = np.random.SeedSequence([self.seed, _SPLIT_CODES[split], index]).spawn(2)
+        return np.random.default_rng(layout_seq), np.random.default_rng(render_seq)
+
+    def scene_id(self, split: str, index: int) -> str:
+        """Identifier of a scene, e.g. ``synthetic-s0-train-0003``."""
+        return f"synthetic-s{self.seed}-{self._check_split(split)}-{index:04d}"
+
+    def layout(self, split: str, index: int) -> Layout:
+        """The room, furniture and camera poses of a scene, without rendering (cheap)."""
+        return sample_layout(self._streams(split, index)[0], self.frames_per_scene)
+
+    def scene(self, split: str, index: int) -> Scene:
+        """Render and fuse one simulated scene (deterministic in seed, split and index)."""
+        layout_rng, render_rng = self._streams(split, index)
+        layout = sample_layout(layout_rng, self.frames_per_scene)
+        sid = self.scene_id(split, index)
+        frames = [render_frame(layout.primitives, self.intrinsics, pose, self.image_hw, render_rng, f"{sid}-f{i:02d}")
+                  for i, pose in enumerate(layout.poses)]
+        points, colors, semantic, instance = fuse_frames(frames, self.voxel_size)
+        counts = np.bincount(instance, minlength=max([o.instance for o in layout.objects], default=0) + 1)
+        kept = [o for o in layout.objects if counts[o.instance] >= self.min_points_per_box]
+        boxes = np.array([o.box for o in kept], dtype=np.float64).reshape(-1, 7)
+        if not self.yaw_boxes:
+            boxes = aligned_box_of_oriented(boxes)
+        return Scene(
+            scene_id=sid,
+            points=points,
+            colors=colors,
+            semantic=semantic,
+            instance=instance,
+            boxes=boxes.astype(np.float32),
+            box_labels=np.array([o.det_class for o in kept], dtype=np.int32),
+            box_instance=np.array([o.instance for o in kept], dtype=np.int32),
+            frames=frames,
+        )
+
+    def scenes(self, split: str) -> Iterator[Scene]:
+        """Lazily generate the scenes of ``split`` in index order (one in memory at a time)."""
+        for index in range(self.num_scenes(split)):
+            yield self.scene(split, index)
