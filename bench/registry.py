@@ -1,9 +1,12 @@
 """Imports every module that registers components with gin, so gin files can name them.
 
 Add a module here when it registers a new component; the config test parses every shipped .gin file
-against this registry.
+against this registry. None of these imports loads segment_anything, transformers or scikit-image:
+those are imported when a component that needs them is first used.
 """
 import bench.runner  # noqa: F401  Experiment
 import bench.tasks  # noqa: F401  SemanticSegmentationTask, DetectionTask
 import datasets.synthetic  # noqa: F401  SyntheticIndoor
+import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
+import methods.teachers  # noqa: F401  Dinov2Teacher, SimulatedTeacher
