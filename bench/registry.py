@@ -6,7 +6,10 @@ those are imported when a component that needs them is first used.
 """
 import bench.runner  # noqa: F401  Experiment
 import bench.tasks  # noqa: F401  SemanticSegmentationTask, DetectionTask
+import datasets.prepare  # noqa: F401  FramePreparation
 import datasets.synthetic  # noqa: F401  SyntheticIndoor
+import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
 import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
+import methods.reweighting  # noqa: F401  GroupBalancing
 import methods.teachers  # noqa: F401  Dinov2Teacher, SimulatedTeacher

@@ -1,0 +1,50 @@
+"""Content fingerprints of configured components, for keying on-disk caches.
+
+A component's fingerprint covers its type and its public state (attributes not starting with ``_``,
+where components keep loaded models and other caches), recursively; arrays and tensors by the hash of
+their bytes. Two components configured the same way get the same fingerprint in any process.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+
+def describe(obj: Any, _depth: int = 0) -> Any:
+    """A JSON-able description of ``obj``'s configuration (see module docstring)."""
+    if _depth > 12:
+        raise ValueError(f"fingerprint: object nesting too deep at {type(obj).__name__}")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return f"{type(obj).__qualname__}.{obj.name}"
+    if isinstance(obj, pathlib.PurePath):
+        return str(obj)
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, np.ndarray) or type(obj).__name__ == "Tensor":
+        array = np.ascontiguousarray(obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj)
+        return {"array": hashlib.sha256(array.tobytes()).hexdigest(), "dtype": str(array.dtype),
+                "shape": list(array.shape)}
+    if isinstance(obj, (list, tuple)):
+        return [describe(v, _depth + 1) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): describe(v, _depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    state = {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if not state and callable(obj) and hasattr(obj, "__qualname__"):  # plain functions
+        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    return {"type": kind, "state": describe(state, _depth + 1)}
+
+
+def fingerprint(*objs: Any, length: int = 16) -> str:
+    """Hex digest of the descriptions of ``objs`` (order matters)."""
+    text = json.dumps([describe(o) for o in objs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

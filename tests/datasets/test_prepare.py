@@ -1,0 +1,124 @@
+"""The offline preparation cache: contents, keying, resuming, and recovery from corrupt files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from datasets.prepare import FramePreparation, PreparedSplit, load_frame, CacheError
+from datasets.synthetic import SyntheticIndoor
+from methods.masks import RenderedMaskSource
+from methods.regions import region_features
+from methods.teachers import SimulatedTeacher
+
+
+def _dataset(**overrides):
+    kwargs = dict(num_train=2, num_val=1, frames_per_scene=2, image_hw=(48, 64))
+    kwargs.update(overrides)
+    return SyntheticIndoor(**kwargs)
+
+
+def _preparation(**overrides):
+    kwargs = dict(mask_source=RenderedMaskSource(), teacher=SimulatedTeacher(dim=16, patch_size=8),
+                  points_per_frame=500, num_groups=4)
+    kwargs.update(overrides)
+    return FramePreparation(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    dataset, preparation = _dataset(), _preparation()
+    return dataset, preparation, preparation.prepare(dataset, "train", root), root
+
+
+def test_prepared_frames_hold_masks_features_and_sampled_points(prepared):
+    dataset, preparation, split, _ = prepared
+    assert len(split) == 4
+    frame = split[0]
+    source = dataset.scene("train", 0).frames[0]
+    assert frame.frame_id == source.frame_id
+    assert frame.xyz.dtype == np.float32 and len(frame.xyz) == 500
+    assert frame.region_features.dtype == np.float16 and frame.region_ids.dtype == np.int32
+    assert frame.label_map.dtype == np.int32 and np.array_equal(frame.label_map, source.instance)
+    assert np.array_equal(frame.region, frame.label_map[frame.pixel[:, 0], frame.pixel[:, 1]])
+    assert np.array_equal(frame.rgb, source.rgb[frame.pixel[:, 0], frame.pixel[:, 1]])
+    ids, feats = region_features(preparation.teacher(source), source.instance)
+    assert np.array_equal(frame.region_ids, ids)
+    np.testing.assert_allclose(frame.region_features, np.asarray(feats), atol=2e-3)
+    assert frame.region_groups.shape == frame.region_ids.shape
+
+
+def test_groups_count_every_training_region(prepared):
+    _, _, split, _ = prepared
+    total = sum(len(split[i].region_ids) for i in range(len(split)))
+    assert split.groups["counts"].sum() == total
+    assert split.groups["weights"].sum() == pytest.approx(1.0)
+
+
+def test_cache_is_keyed_by_configuration(prepared):
+    dataset, preparation, split, root = prepared
+    assert preparation.cache_dir(dataset, "train", root) == split.folder
+    assert _preparation().cache_dir(dataset, "train", root) == split.folder
+    for changed in (_preparation(teacher=SimulatedTeacher(dim=16, patch_size=8, noise=0.1)),
+                    _preparation(mask_source=RenderedMaskSource(split_prob=0.5)),
+                    _preparation(points_per_frame=400)):
+        assert changed.cache_dir(dataset, "train", root) != split.folder
+    assert preparation.cache_dir(_dataset(image_hw=(40, 64)), "train", root) != split.folder
+
+
+def test_resume_skips_finished_scenes_and_redoes_unfinished_ones(tmp_path, monkeypatch):
+    dataset, preparation = _dataset(), _preparation()
+    split = preparation.prepare(dataset, "train", tmp_path)
+    # Simulate a run killed during scene 1: its manifest was never written.
+    (split.folder / "scenes" / f"{dataset.scene_id('train', 1)}.json").unlink()
+    calls = []
+    original = SyntheticIndoor.scene
+    # Patched on the class: an instance attribute would change the dataset's fingerprint (its cache key).
+    monkeypatch.setattr(SyntheticIndoor, "scene", lambda self, s, i: calls.append(i) or original(self, s, i))
+    again = preparation.prepare(dataset, "train", tmp_path)
+    assert calls == [1] and again.frame_ids == split.frame_ids
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "wrong_dtype"])
+def test_a_damaged_frame_file_is_detected_and_recomputed(tmp_path, damage):
+    dataset, preparation = _dataset(), _preparation()
+    split = preparation.prepare(dataset, "train", tmp_path)
+    path = split.folder / "frames" / f"{split.frame_ids[1]}.npz"
+    good = load_frame(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip_byte":
+        path.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    else:
+        np.savez(path, **{**{k: getattr(good, k) for k in ("xyz", "rgb", "pixel", "region", "region_ids",
+                                                          "label_map")},
+                          "region_features": good.region_features.astype(np.float64), "frame_id": good.frame_id})
+    with pytest.raises(CacheError):
+        load_frame(path)
+    recovered = split[1]
+    assert np.array_equal(recovered.xyz, good.xyz) and np.array_equal(recovered.region_features, good.region_features)
+    load_frame(path)  # valid again on disk
+
+
+def test_frames_without_depth_are_skipped_and_recorded(tmp_path):
+    dataset = _dataset(num_train=1)
+    original = dataset.scene
+
+    def scene_with_an_empty_frame(split, index):
+        scene = original(split, index)
+        empty = dataclasses.replace(scene.frames[0], depth=np.zeros_like(scene.frames[0].depth))
+        return dataclasses.replace(scene, frames=[empty, scene.frames[1]])
+
+    dataset.scene = scene_with_an_empty_frame
+    split = _preparation().prepare(dataset, "train", tmp_path)
+    assert len(split) == 1
+    manifest = json.loads(next((split.folder / "scenes").iterdir()).read_text())
+    assert manifest["skipped_no_depth"] == [f"{dataset.scene_id('train', 0)}-f00"]
+
+
+def test_prepared_split_is_the_only_reader(prepared):
+    assert isinstance(prepared[2], PreparedSplit)
