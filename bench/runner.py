@@ -5,11 +5,13 @@ row and seed in its own child run, write the results folder atomically, log it, 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gin
 import numpy as np
@@ -20,7 +22,7 @@ from bench.config import config_bindings
 from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
-from bench.tracking import Tracker, resolve_tracking_uri
+from bench.tracking import RunHandle, Tracker, resolve_tracking_uri
 
 
 @gin.configurable
@@ -30,7 +32,8 @@ class Experiment:
     Args:
       name: MLflow experiment name (one per table/benchmark) and results sub-folder.
       dataset: the dataset object (e.g. ``@SyntheticIndoor()``); needs ``info`` and ``scenes(split)``.
-      rows: row name -> method factory called as ``factory(seed=seed)`` (e.g. ``@NonLearnedBaseline``).
+      rows: row name -> row factory called as ``factory(seed=seed)``, giving an object with
+        ``run(context: RowContext) -> metrics`` (e.g. ``@NonLearnedBaseline``, ``@PretrainRow``).
       tasks: task factories (e.g. ``[@SemanticSegmentationTask, @DetectionTask]``), one fresh task per run.
       seeds: how many seeds each row runs; seed i is ``base_seed + i``.
       tracking_uri: MLflow tracking URI; None = ``MLFLOW_TRACKING_URI`` or the embedded SQLite store.
@@ -74,7 +77,7 @@ class Experiment:
             try:
                 parent.log_params(config_bindings(config_text))
                 atomic_write_text(staging / "config.gin", config_text)
-                records = self._run_rows(tracker, parent)
+                records = self._run_rows(tracker, parent, results_dir)
                 self._write_results(staging, records, config_text, parent)
                 os.replace(staging, final)
             finally:
@@ -82,34 +85,20 @@ class Experiment:
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _run_rows(self, tracker: Tracker, parent) -> list[dict]:
+    def _run_rows(self, tracker: Tracker, parent, results_dir: pathlib.Path) -> list[dict]:
         records = []
         for row, factory in self.rows.items():
             for seed in range(self.base_seed, self.base_seed + self.seeds):
                 with tracker.run(f"{row} seed={seed}", tags={"row": row, "seed": str(seed)}, parent=parent) as child:
                     child.log_params({"row": row, "seed": seed})
-                    metrics = self._run_row(row, factory, seed)
+                    print(f"[{row} seed={seed}]")
+                    seed_everything(seed)
+                    context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split,
+                                         self.tasks, results_dir / "cache", child)
+                    metrics = factory(seed=seed).run(context)
                     child.log_metrics(metrics)
                 records.append({"row": row, "seed": seed, "run_id": child.run_id, "metrics": metrics})
         return records
-
-    def _run_row(self, row: str, factory: Callable, seed: int) -> dict[str, float]:
-        """Fit one method on the train split and score it with every task on the evaluation split."""
-        seed_everything(seed)
-        info = self.dataset.info
-        method = factory(seed=seed)
-        print(f"[{row} seed={seed}] fit on {self.train_split}")
-        method.fit(tqdm(self.dataset.scenes(self.train_split), desc=f"{row}: {self.train_split}",
-                        total=self.dataset.num_scenes(self.train_split), leave=False), info)
-        tasks = [make_task() for make_task in self.tasks]
-        for scene in tqdm(self.dataset.scenes(self.eval_split), desc=f"{row}: {self.eval_split}",
-                          total=self.dataset.num_scenes(self.eval_split), leave=False):
-            for task in tasks:
-                task.add(method, scene)
-        metrics: dict[str, float] = {}
-        for task in tasks:
-            metrics.update(task.result(info))
-        return metrics
 
     def _write_results(self, folder: pathlib.Path, records: list[dict], config_text: str, parent) -> None:
         operative = gin.operative_config_str()
@@ -124,3 +113,43 @@ class Experiment:
             parent.log_artifact(path)
         main = summary.main_metrics(records)
         parent.log_metrics({f"{row}/{key}": float(np.nanmean(values)) for (row, key), values in main.items()})
+
+
+@dataclasses.dataclass
+class RowContext:
+    """What a row needs to run: the data, its seed, where caches go, and its MLflow child run.
+
+    A row is any object built as ``factory(seed=seed)`` with ``run(context) -> metrics``.
+    """
+
+    row: str
+    seed: int
+    dataset: Any
+    train_split: str
+    eval_split: str
+    task_factories: Sequence[Callable]
+    cache_root: pathlib.Path
+    tracking_run: RunHandle
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log intermediate values (e.g. loss curves) to the row's child run."""
+        self.tracking_run.log_metrics(metrics, step)
+
+    def fit_and_evaluate(self, method) -> dict[str, float]:
+        """Fit ``method`` on the train split, then score it with every task on the evaluation split.
+
+        ``method`` has ``fit(train_scenes, info)``, ``predict_segmentation(scene)`` and/or
+        ``predict_detection(scene)`` as the tasks require.
+        """
+        info = self.dataset.info
+        method.fit(tqdm(self.dataset.scenes(self.train_split), desc=f"{self.row}: fit on {self.train_split}",
+                        total=self.dataset.num_scenes(self.train_split), leave=False), info)
+        tasks = [make_task() for make_task in self.task_factories]
+        for scene in tqdm(self.dataset.scenes(self.eval_split), desc=f"{self.row}: {self.eval_split}",
+                          total=self.dataset.num_scenes(self.eval_split), leave=False):
+            for task in tasks:
+                task.add(method, scene)
+        metrics: dict[str, float] = {}
+        for task in tasks:
+            metrics.update(task.result(info))
+        return metrics

@@ -144,6 +144,10 @@ class NonLearnedBaseline:
         self.segmenter: HeightPriorSegmenter | None = None
         self.detector: ClusterBoxDetector | None = None
 
+    def run(self, context) -> dict[str, float]:
+        """A table row: fit on the train split and evaluate with the context's tasks."""
+        return context.fit_and_evaluate(self)
+
     def fit(self, train_scenes, info: DatasetInfo) -> None:
         """Collect the segmentation and box-size statistics in one pass over the training scenes."""
         self.segmenter = HeightPriorSegmenter(len(info.seg_classes), **self._segmenter_args)

@@ -13,12 +13,12 @@ from bench.tracking import default_tracking_uri
 
 
 class _Exploding:
-    """A row whose fit raises, to check a failed run ends FAILED and leaves no results folder."""
+    """A row whose run raises, to check a failed run ends FAILED and leaves no results folder."""
 
     def __init__(self, seed: int = 0, error: type = RuntimeError):
         self.error = error
 
-    def fit(self, scenes, info):
+    def run(self, context):
         raise self.error("boom")
 
 
