@@ -223,12 +223,15 @@ class ClassicalMaskSource(MaskSource):
         return f"classical segmenter (Felzenszwalb, scale {self.scale:g}) — not SAM"
 
     def _labels(self, frame: Frame) -> np.ndarray:
+        return self.segment_image(frame.rgb)
+
+    def segment_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) int32 labels >= 1 of an (H, W, 3) image."""
         try:
             from skimage.segmentation import felzenszwalb
         except ModuleNotFoundError:
             raise ImportError("ClassicalMaskSource needs scikit-image: pip install scikit-image") from None
-        labels = felzenszwalb(frame.rgb, scale=self.scale, sigma=self.sigma, min_size=self.min_size,
-                              channel_axis=-1)
+        labels = felzenszwalb(rgb, scale=self.scale, sigma=self.sigma, min_size=self.min_size, channel_axis=-1)
         return labels.astype(np.int32) + 1
 
 
