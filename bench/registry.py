@@ -11,5 +11,9 @@ import datasets.synthetic  # noqa: F401  SyntheticIndoor
 import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
 import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
+import methods.objectives  # noqa: F401  RegionDistillation, MaskedTokenPrediction, DistillationWithMTP, PointMAE, Bridge3DStyle
+import methods.pretrain  # noqa: F401  PretrainStage, PretrainRow
 import methods.reweighting  # noqa: F401  GroupBalancing
 import methods.teachers  # noqa: F401  Dinov2Teacher, SimulatedTeacher
+import methods.tokenizers  # noqa: F401  KnnTokenizer, SamGuidedTokenizer, ExactFPS, ...
+import methods.train  # noqa: F401  TrainSchedule

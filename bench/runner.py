@@ -22,7 +22,7 @@ from bench.config import config_bindings
 from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
-from bench.tracking import RunHandle, Tracker, resolve_tracking_uri
+from bench.tracking import RunHandle, Tracker, metric_safe, resolve_tracking_uri
 
 
 @gin.configurable
@@ -112,7 +112,7 @@ class Experiment:
         for path in sorted(folder.iterdir()):
             parent.log_artifact(path)
         main = summary.main_metrics(records)
-        parent.log_metrics({f"{row}/{key}": float(np.nanmean(values)) for (row, key), values in main.items()})
+        parent.log_metrics({f"{metric_safe(row)}/{key}": float(np.nanmean(values)) for (row, key), values in main.items()})
 
 
 @dataclasses.dataclass

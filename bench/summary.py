@@ -1,4 +1,8 @@
-"""The invocation's summary: main metrics per row as mean +- std over seeds, as a Markdown table."""
+"""The invocation's summary: headline metrics per row as mean +- std over seeds, as a Markdown table.
+
+Headline metrics are the downstream ones (AP25, AP50, mIoU, mAcc) and, for pretraining rows, each
+stage's first and last epoch loss.
+"""
 from __future__ import annotations
 
 import math
@@ -6,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-MAIN_METRICS = ("AP25", "AP50", "mIoU", "mAcc")
+MAIN_METRICS = ("AP25", "AP50", "mIoU", "mAcc", "loss_first", "loss_last")
 
 
 def main_metrics(records: list[dict]) -> dict[tuple[str, str], list[float]]:
@@ -19,14 +23,17 @@ def main_metrics(records: list[dict]) -> dict[tuple[str, str], list[float]]:
     return dict(values)
 
 
-def format_cell(values: list[float]) -> str:
-    """``mean +- std (n)``; a single seed shows just the value; NaN shows as n/a."""
+def format_cell(values: list[float], digits: int = 1) -> str:
+    """``mean +- std (n)``; a single seed shows just the value; NaN shows as n/a, no value as a dash."""
+    if not values:
+        return "–"
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
     if len(values) == 1:
-        return f"{finite[0]:.1f}"
-    return f"{np.mean(finite):.1f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.1f} ({len(finite)})"
+        return f"{finite[0]:.{digits}f}"
+    spread = np.std(finite, ddof=1) if len(finite) > 1 else 0.0
+    return f"{np.mean(finite):.{digits}f} ± {spread:.{digits}f} ({len(finite)})"
 
 
 def markdown_table(records: list[dict], dataset: str) -> str:
@@ -37,5 +44,6 @@ def markdown_table(records: list[dict], dataset: str) -> str:
     header = "| row | " + " | ".join(k.removeprefix(f"{dataset}/") for k in keys) + " |"
     lines = [header, "|" + "---|" * (len(keys) + 1)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(format_cell(values.get((row, k), [])) for k in keys) + " |")
+        cells = (format_cell(values.get((row, k), []), 4 if "loss" in k else 1) for k in keys)
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

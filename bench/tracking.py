@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 import time
 from collections.abc import Iterator, Mapping
 
@@ -19,6 +20,11 @@ from bench.errors import HarnessError
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _MAX_PARAM_LENGTH = 6000
+
+
+def metric_safe(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric keys (e.g. parentheses, '+') replaced by '_'."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
 
 
 def default_tracking_uri(results_dir: pathlib.Path) -> str:

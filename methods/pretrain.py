@@ -1,0 +1,88 @@
+"""Pretraining stages as cached steps, and the table row that runs them.
+
+A stage = objective + tokenizer + schedule (+ the stage before it). Its checkpoint folder is keyed by the
+content fingerprint of its configuration, of the stage before it, of the prepared data and of the seed, so
+rows that share a stage train it once, an interrupted stage resumes from its last epoch, and a changed
+parameter retrains exactly the stages downstream of it.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import gin
+import torch
+
+from bench.fingerprint import fingerprint
+from methods.batching import TokenizedFrames, collate
+from methods.train import TrainSchedule, train
+
+
+@gin.register
+class PretrainStage:
+    """One pretraining stage (e.g. ``stage1/PretrainStage``, ``stage2/PretrainStage`` under gin scopes).
+
+    Args:
+      name: label used in logs, metric keys and the checkpoint folder.
+      objective: an objective spec with ``build(teacher_dim, group_weights, previous)`` (e.g.
+        ``@RegionDistillation()``).
+      tokenizer: called as ``tokenizer(xyz, region_ids, seed=...)`` (e.g. ``@SamGuidedTokenizer()``).
+      schedule: a ``TrainSchedule``.
+      previous: the stage whose encoder this one starts from or distils (None for the first stage).
+    """
+
+    def __init__(self, name: str = gin.REQUIRED, objective=gin.REQUIRED, tokenizer=gin.REQUIRED,
+                 schedule: TrainSchedule | None = None, previous: PretrainStage | None = None):
+        self.name = name
+        self.objective = objective
+        self.tokenizer = tokenizer
+        self.schedule = schedule or TrainSchedule()
+        self.previous = previous
+
+    def key(self, data_key: str, seed: int) -> str:
+        """Content key of this stage's result: its configuration, the chain before it, data and seed."""
+        before = self.previous.key(data_key, seed) if self.previous is not None else None
+        return fingerprint(self.name, self.objective, self.tokenizer, self.schedule, before, data_key, seed)
+
+    def run(self, prepared, data_key: str, cache_root: pathlib.Path, seed: int) -> dict:
+        """Train (or resume, or reuse) this stage after the ones before it; returns ``encoder`` (the state
+        dict handed on) and ``histories`` (stage name -> per-epoch losses, for the whole chain)."""
+        previous, histories = None, {}
+        if self.previous is not None:
+            before = self.previous.run(prepared, data_key, cache_root, seed)
+            previous, histories = before["encoder"], before["histories"]
+        folder = pathlib.Path(cache_root) / "stages" / f"{self.name}-{self.key(data_key, seed)}"
+        teacher_dim = int(prepared[0].region_features.shape[1])
+        torch.manual_seed(seed)
+        module = self.objective.build(teacher_dim, prepared.groups["weights"], previous)
+        history = train(module, TokenizedFrames(prepared, self.tokenizer, seed), collate, self.schedule,
+                        folder / "checkpoint.pt", seed, name=f"pretrain/{self.name}")
+        return {"encoder": {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()},
+                "histories": {**histories, self.name: history}}
+
+
+@gin.register
+class PretrainRow:
+    """A table row that prepares the training frames and runs a chain of pretraining stages.
+
+    Its metrics are each stage's first and last epoch losses; the pretrained encoder is what a
+    downstream row fine-tunes.
+    """
+
+    def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED, seed: int = 0):
+        self.preparation = preparation
+        self.stage = stage
+        self.seed = seed
+
+    def run(self, context) -> dict[str, float]:
+        """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
+        prepared = self.preparation.prepare(context.dataset, context.train_split, context.cache_root)
+        result = self.stage.run(prepared, prepared.folder.name, context.cache_root, self.seed)
+        self.encoder_state = result["encoder"]
+        metrics: dict[str, float] = {}
+        for name, history in result["histories"].items():
+            # Whole curves are logged here, not live, so a run that reuses cached stages shows them too.
+            for epoch, values in enumerate(history):
+                context.log_metrics({f"pretrain/{name}/{k}": v for k, v in values.items()}, epoch)
+            metrics[f"pretrain/{name}/loss_first"] = history[0]["loss"]
+            metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
+        return metrics
