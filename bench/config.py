@@ -65,7 +65,10 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> list
                 gin.parse_config(binding)
             except Exception as e:
                 raise HarnessError(describe_gin_error(e, source=f"--gin_binding {binding!r}")) from None
-    gin.finalize()
+    try:
+        gin.finalize()  # checks that every %gin.REQUIRED value was given
+    except Exception as e:
+        raise HarnessError(describe_gin_error(e, source=" ".join(gin_files))) from None
     return paths
 
 

@@ -7,16 +7,25 @@ from bench.config import GIN_DIR, config_bindings, parse_config
 from bench.errors import HarnessError
 
 SHIPPED = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))
-LEAVES = ["demo.gin", "smoke.gin"]
+LEAVES = ["demo.gin", "smoke.gin", "pretrain_demo.gin", "pretrain_smoke.gin"]
 
 
 def test_there_are_shipped_gin_files():
     assert "demo.gin" in SHIPPED and len(SHIPPED) >= 4
 
 
+# Values a user must give for real data and weights (%gin.REQUIRED in the shipped files).
+REQUIRED_VALUES = ["SamMaskSource.checkpoint = '/models/sam_vit_h.pth'", "Dinov2Teacher.model_dir = '/models/dinov2'"]
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_gin_file_parses(name):
-    parse_config([str(GIN_DIR / name)])
+    parse_config([str(GIN_DIR / name)], REQUIRED_VALUES)
+
+
+def test_a_required_value_left_unset_is_a_one_line_error():
+    message = _error(["prepare/real.gin"])
+    assert "SamMaskSource.checkpoint" in message and "REQUIRED" in message
 
 
 @pytest.mark.parametrize("name", LEAVES)
