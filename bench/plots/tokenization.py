@@ -1,10 +1,10 @@
 """Figure 1 of the paper, for any frame: points on the image coloured by KNN token vs SAM-guided token.
 
-    python -m bench.plots.tokenization --out DIR [--real-root ../shared/data/real] [--points 20000]
+    python -m bench.plots.tokenization --out DIR [--figure sunrgbd|synthetic] [--real-root ../shared/data/real]
 
-The command draws SUN RGB-D frame 000001 with regions from the classical Felzenszwalb segmenter
-(a stand-in for SAM masks, and labelled so). ``plot_tokenization`` itself is generic: any image,
-point pixels, region ids and two ``TokenSet``s.
+Figures: SUN RGB-D frame 000001 with regions from the classical Felzenszwalb segmenter (a stand-in for
+SAM masks, and labelled so), and a frame of the synthetic benchmark with simulated SAM masks.
+``plot_tokenization`` itself is generic: any image, point pixels, region ids and two ``TokenSet``s.
 """
 from __future__ import annotations
 
@@ -100,32 +100,63 @@ def plot_tokenization(
     return path
 
 
-def main(argv: list[str]) -> int:
-    """Draw SUN RGB-D 000001 with Felzenszwalb regions into ``--out``; one-line error without data."""
-    parser = argparse.ArgumentParser(prog="python -m bench.plots.tokenization", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
-    parser.add_argument("--real-root", type=pathlib.Path, default=DEFAULT_REAL_ROOT)
-    parser.add_argument("--points", type=int, default=20_000)
-    args = parser.parse_args(argv)
-    if not args.real_root.is_dir():
-        print(f"error: real data folder not found: {args.real_root} (pass --real-root)", file=sys.stderr)
-        return 2
+def sunrgbd_figure(out: pathlib.Path, real_root: pathlib.Path, points: int) -> pathlib.Path:
+    """SUN RGB-D 000001 (real) with regions from the classical Felzenszwalb segmenter, labelled so."""
     from datasets.sunrgbd import load_votenet_frame
     from methods.masks import ClassicalMaskSource
 
-    frame = load_votenet_frame(args.real_root, "000001", num_points=args.points, seed=0)
+    if not real_root.is_dir():
+        raise FileNotFoundError(f"real data folder not found: {real_root} (pass --real-root)")
+    frame = load_votenet_frame(real_root, "000001", num_points=points, seed=0)
     labels = ClassicalMaskSource(scale=200, sigma=0.8, min_size=200).segment_image(frame.image)
     regions = torch.from_numpy(labels[frame.pix[:, 0], frame.pix[:, 1]].astype(np.int64))
-    xyz = torch.from_numpy(frame.xyz.copy())
+    return _draw(frame.image, frame.pix, frame.xyz, regions, out / "tokenization_sunrgbd_000001.png",
+                 f"SUN RGB-D 000001, {len(regions):,} points - regions from a classical segmenter "
+                 "(Felzenszwalb), not SAM", "Felzenszwalb regions")
+
+
+def synthetic_figure(out: pathlib.Path, real_root: pathlib.Path, points: int) -> pathlib.Path:
+    """A frame of the synthetic benchmark (a simulation) with simulated SAM masks (rendered instances)."""
+    from datasets.geometry import backproject
+    from datasets.synthetic import SyntheticIndoor
+    from methods.masks import RenderedMaskSource
+
+    frame = SyntheticIndoor(image_hw=(240, 320)).scene("train", 0).frames[0]
+    labels = RenderedMaskSource(split_prob=0.1, merge_prob=0.05)(frame)
+    xyz, pix = backproject(frame.depth, frame.intrinsics, frame.pose)
+    keep = np.sort(np.random.default_rng(0).choice(len(xyz), min(points, len(xyz)), replace=False))
+    xyz, pix = xyz[keep], pix[keep]
+    regions = torch.from_numpy(labels[pix[:, 0], pix[:, 1]].astype(np.int64))
+    return _draw(frame.rgb, pix, xyz, regions, out / "tokenization_synthetic.png",
+                 f"synthetic benchmark (simulation) {frame.frame_id}, {len(xyz):,} points - simulated SAM masks",
+                 "simulated SAM masks")
+
+
+def _draw(image, pix, xyz, regions, path, title, region_source) -> pathlib.Path:
+    xyz = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
     knn = KnnTokenizer(num_tokens=256, group_size=128)(xyz, regions)
     sam = SamGuidedTokenizer(num_tokens=256, group_size=128)(xyz, regions)
-    path = plot_tokenization(
-        frame.image, frame.pix, regions, knn, sam, args.out / "tokenization_sunrgbd_000001.png",
-        title=f"SUN RGB-D 000001, {len(xyz):,} points - regions from a classical segmenter "
-        "(Felzenszwalb), not SAM",
-        region_source="Felzenszwalb regions",
-    )
-    print(path)
+    return plot_tokenization(image, pix, regions, knn, sam, path, title=title, region_source=region_source)
+
+
+FIGURES = {"sunrgbd": sunrgbd_figure, "synthetic": synthetic_figure}
+
+
+def main(argv: list[str]) -> int:
+    """Draw the requested figures into ``--out``; a one-line error where the real data is missing."""
+    parser = argparse.ArgumentParser(prog="python -m bench.plots.tokenization", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
+    parser.add_argument("--figure", action="append", choices=sorted(FIGURES),
+                        help="which figure (repeatable; default: all)")
+    parser.add_argument("--real-root", type=pathlib.Path, default=DEFAULT_REAL_ROOT)
+    parser.add_argument("--points", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    for name in args.figure or sorted(FIGURES):
+        try:
+            print(FIGURES[name](args.out, args.real_root, args.points))
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
