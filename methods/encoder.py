@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Mini-PointNet widths of Point-MAE's ``Encoder`` [prior]: 128 -> 256, then (256+256) -> 512 -> width.
-_FIRST_HIDDEN, _FIRST_OUT, _SECOND_HIDDEN = 128, 256, 512
+POINT_MAE_EMBED_CHANNELS = (128, 256, 512)  # [prior] Point-MAE mini-PointNet hidden widths
 _POS_HIDDEN = 128
 
 
@@ -50,18 +50,20 @@ class TokenEmbed(nn.Module):
     are taken over valid tokens only, which is why only valid tokens are embedded (padding -> 0).
     """
 
-    def __init__(self, width: int, in_channels: int = 3, norm: str = "batch"):
+    def __init__(self, width: int, in_channels: int = 3, norm: str = "batch",
+                 channels: tuple[int, int, int] = POINT_MAE_EMBED_CHANNELS):
         super().__init__()
+        first_hidden, first_out, second_hidden = channels
         if norm not in ("batch", "layer"):
             raise ValueError(f"norm: expected 'batch' or 'layer', got {norm!r}")
         self.width = width
         self.in_channels = in_channels
         self.first = nn.Sequential(
-            nn.Linear(in_channels, _FIRST_HIDDEN), _PointNorm(_FIRST_HIDDEN, norm), nn.ReLU(),
-            nn.Linear(_FIRST_HIDDEN, _FIRST_OUT))
+            nn.Linear(in_channels, first_hidden), _PointNorm(first_hidden, norm), nn.ReLU(),
+            nn.Linear(first_hidden, first_out))
         self.second = nn.Sequential(
-            nn.Linear(2 * _FIRST_OUT, _SECOND_HIDDEN), _PointNorm(_SECOND_HIDDEN, norm), nn.ReLU(),
-            nn.Linear(_SECOND_HIDDEN, width))
+            nn.Linear(2 * first_out, second_hidden), _PointNorm(second_hidden, norm), nn.ReLU(),
+            nn.Linear(second_hidden, width))
 
     def forward(self, points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if points.ndim != 4 or points.shape[-1] != self.in_channels:
@@ -180,11 +182,11 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, width: int = 256, depth: int = 3, heads: int = 4, mlp_ratio: float = 2.0,
                  drop_path: float = 0.1, in_channels: int = 3, qkv_bias: bool = False,
-                 embed_norm: str = "batch"):
+                 embed_norm: str = "batch", embed_channels: tuple[int, int, int] = POINT_MAE_EMBED_CHANNELS):
         super().__init__()
         self.width = width
         self.in_channels = in_channels
-        self.token_embed = TokenEmbed(width, in_channels, embed_norm)
+        self.token_embed = TokenEmbed(width, in_channels, embed_norm, tuple(embed_channels))
         self.pos_embed = PositionEmbed(width)
         self.stack = _BlockStack(width, depth, heads, mlp_ratio, drop_path, qkv_bias)
         self.apply(init_weights)
@@ -250,7 +252,8 @@ class ProjectionHead(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class EncoderSpec:
     """Encoder sizes; defaults are Bridge3D's [prior]: width 256, depth 3, 4 heads, MLP ratio 2,
-    drop-path 0.1. ``in_channels`` 3 = xyz only (6 with rgb). ``embed_norm``: mini-PointNet norm."""
+    drop-path 0.1. ``in_channels`` 3 = xyz only (6 with rgb). ``embed_norm``: mini-PointNet norm;
+    ``embed_channels``: its hidden widths (Point-MAE: 128, 256, 512; smaller for CPU demos)."""
 
     width: int = 256
     depth: int = 3
@@ -260,6 +263,7 @@ class EncoderSpec:
     in_channels: int = 3
     qkv_bias: bool = False
     embed_norm: str = "batch"
+    embed_channels: tuple[int, int, int] = POINT_MAE_EMBED_CHANNELS
 
     def build(self) -> TransformerEncoder:
         """A freshly initialised ``TransformerEncoder`` of these sizes."""

@@ -44,6 +44,10 @@ def test_every_stage_and_baseline_lowers_its_loss(first_run):
 
 def test_rows_share_stage1_and_checkpoints_load_weights_only(first_run):
     results, _, checkpoints = first_run
+    stage1 = next(name for name in checkpoints if name.startswith("stage1-"))
+    model = torch.load(results / "cache" / "stages" / stage1 / "checkpoint.pt", weights_only=True)["model"]
+    # The smoke profile's EncoderSpec.width = 32 reaches the encoder (gin wires the nested spec).
+    assert model["encoder.pos_embed.mlp.2.weight"].shape[0] == 32
     assert sorted(name.split("-")[0] for name in checkpoints) == [
         "bridge3d", "point_mae", "same_stage", "stage1", "stage1_knn", "stage2"]
     for name in checkpoints:
