@@ -23,6 +23,7 @@ from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
 from bench.tracking import RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from datasets.scene_cache import CachedScenes
 
 
 @gin.configurable
@@ -135,18 +136,24 @@ class RowContext:
         """Log intermediate values (e.g. loss curves) to the row's child run."""
         self.tracking_run.log_metrics(metrics, step)
 
+    def scenes(self, split: str) -> CachedScenes:
+        """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk."""
+        return CachedScenes(self.dataset, split, self.cache_root)
+
     def fit_and_evaluate(self, method) -> dict[str, float]:
         """Fit ``method`` on the train split, then score it with every task on the evaluation split.
 
         ``method`` has ``fit(train_scenes, info)``, ``predict_segmentation(scene)`` and/or
         ``predict_detection(scene)`` as the tasks require.
         """
+        method.fit(self.scenes(self.train_split), self.dataset.info)
+        return self.evaluate(method)
+
+    def evaluate(self, method) -> dict[str, float]:
+        """Score a fitted ``method`` with every task on the evaluation split."""
         info = self.dataset.info
-        method.fit(tqdm(self.dataset.scenes(self.train_split), desc=f"{self.row}: fit on {self.train_split}",
-                        total=self.dataset.num_scenes(self.train_split), leave=False), info)
         tasks = [make_task() for make_task in self.task_factories]
-        for scene in tqdm(self.dataset.scenes(self.eval_split), desc=f"{self.row}: {self.eval_split}",
-                          total=self.dataset.num_scenes(self.eval_split), leave=False):
+        for scene in tqdm(self.scenes(self.eval_split), desc=f"{self.row}: {self.eval_split}", leave=False):
             for task in tasks:
                 task.add(method, scene)
         metrics: dict[str, float] = {}
