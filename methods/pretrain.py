@@ -7,6 +7,7 @@ parameter retrains exactly the stages downstream of it.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import gin
@@ -60,12 +61,21 @@ class PretrainStage:
                 "histories": {**histories, self.name: history}}
 
 
+@dataclasses.dataclass
+class Pretrained:
+    """The outcome of a pretraining chain: the encoder to fine-tune, its content key, its loss metrics."""
+
+    encoder: dict[str, torch.Tensor]
+    key: str
+    metrics: dict[str, float]
+
+
 @gin.register
 class PretrainRow:
     """A table row that prepares the training frames and runs a chain of pretraining stages.
 
     Its metrics are each stage's first and last epoch losses; the pretrained encoder is what a
-    downstream row fine-tunes.
+    fine-tuning row (``FinetuneRow.pretrain``) starts from.
     """
 
     def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED, seed: int = 0):
@@ -73,11 +83,10 @@ class PretrainRow:
         self.stage = stage
         self.seed = seed
 
-    def run(self, context) -> dict[str, float]:
+    def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
         prepared = self.preparation.prepare(context.dataset, context.train_split, context.cache_root)
         result = self.stage.run(prepared, prepared.folder.name, context.cache_root, self.seed)
-        self.encoder_state = result["encoder"]
         metrics: dict[str, float] = {}
         for name, history in result["histories"].items():
             # Whole curves are logged here, not live, so a run that reuses cached stages shows them too.
@@ -85,4 +94,8 @@ class PretrainRow:
                 context.log_metrics({f"pretrain/{name}/{k}": v for k, v in values.items()}, epoch)
             metrics[f"pretrain/{name}/loss_first"] = history[0]["loss"]
             metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
-        return metrics
+        return Pretrained(result["encoder"], self.stage.key(prepared.folder.name, self.seed), metrics)
+
+    def run(self, context) -> dict[str, float]:
+        """A pretraining-only row: its metrics are the loss curves' end points."""
+        return self.pretrain(context).metrics
