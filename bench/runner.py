@@ -33,8 +33,9 @@ class Experiment:
     Args:
       name: MLflow experiment name (one per table/benchmark) and results sub-folder.
       dataset: the dataset object (e.g. ``@SyntheticIndoor()``); needs ``info`` and ``scenes(split)``.
-      rows: row name -> row factory called as ``factory(seed=seed)``, giving an object with
-        ``run(context: RowContext) -> metrics`` (e.g. ``@NonLearnedBaseline``, ``@PretrainRow``).
+      rows: row name -> row factory called as ``factory()``, giving an object with
+        ``run(context: RowContext) -> metrics`` (e.g. ``@NonLearnedBaseline``, ``@stage2/PretrainRow``);
+        the row's seed is ``context.seed``.
       tasks: task factories (e.g. ``[@SemanticSegmentationTask, @DetectionTask]``), one fresh task per run.
       seeds: how many seeds each row runs; seed i is ``base_seed + i``.
       tracking_uri: MLflow tracking URI; None = ``MLFLOW_TRACKING_URI`` or the embedded SQLite store.
@@ -96,7 +97,7 @@ class Experiment:
                     seed_everything(seed)
                     context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split,
                                          self.tasks, results_dir / "cache", child)
-                    metrics = factory(seed=seed).run(context)
+                    metrics = factory().run(context)
                     child.log_metrics(metrics)
                 records.append({"row": row, "seed": seed, "run_id": child.run_id, "metrics": metrics})
         return records
@@ -120,7 +121,8 @@ class Experiment:
 class RowContext:
     """What a row needs to run: the data, its seed, where caches go, and its MLflow child run.
 
-    A row is any object built as ``factory(seed=seed)`` with ``run(context) -> metrics``.
+    A row is any object built as ``factory()`` with ``run(context) -> metrics``; it draws its
+    randomness from ``seed`` (the runner has also seeded every global generator with it).
     """
 
     row: str

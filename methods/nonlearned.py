@@ -136,9 +136,8 @@ class ClusterBoxDetector:
 class NonLearnedBaseline:
     """Reference row without learning: HeightPriorSegmenter + ClusterBoxDetector, fitted on the train split."""
 
-    def __init__(self, seed: int = 0, height_bin: float = 0.1, wall_bin: float = 0.1,
+    def __init__(self, height_bin: float = 0.1, wall_bin: float = 0.1,
                  cluster_radius: float = 0.06, min_cluster_points: int = 30, top_k: int = 3):
-        self.seed = seed  # deterministic method; kept so every row takes a seed the same way
         self._segmenter_args = dict(height_bin=height_bin, wall_bin=wall_bin)
         self._detector_args = dict(radius=cluster_radius, min_points=min_cluster_points, top_k=top_k)
         self.segmenter: HeightPriorSegmenter | None = None

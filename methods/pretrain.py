@@ -78,15 +78,14 @@ class PretrainRow:
     fine-tuning row (``FinetuneRow.pretrain``) starts from.
     """
 
-    def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED, seed: int = 0):
+    def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED):
         self.preparation = preparation
         self.stage = stage
-        self.seed = seed
 
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
         prepared = self.preparation.prepare(context.dataset, context.train_split, context.cache_root)
-        result = self.stage.run(prepared, prepared.folder.name, context.cache_root, self.seed)
+        result = self.stage.run(prepared, prepared.folder.name, context.cache_root, context.seed)
         metrics: dict[str, float] = {}
         for name, history in result["histories"].items():
             # Whole curves are logged here, not live, so a run that reuses cached stages shows them too.
@@ -94,7 +93,7 @@ class PretrainRow:
                 context.log_metrics({f"pretrain/{name}/{k}": v for k, v in values.items()}, epoch)
             metrics[f"pretrain/{name}/loss_first"] = history[0]["loss"]
             metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
-        return Pretrained(result["encoder"], self.stage.key(prepared.folder.name, self.seed), metrics)
+        return Pretrained(result["encoder"], self.stage.key(prepared.folder.name, context.seed), metrics)
 
     def run(self, context) -> dict[str, float]:
         """A pretraining-only row: its metrics are the loss curves' end points."""

@@ -15,7 +15,7 @@ from bench.tracking import default_tracking_uri
 class _Exploding:
     """A row whose run raises, to check a failed run ends FAILED and leaves no results folder."""
 
-    def __init__(self, seed: int = 0, error: type = RuntimeError):
+    def __init__(self, error: type = RuntimeError):
         self.error = error
 
     def run(self, context):
@@ -69,7 +69,7 @@ def test_smoke_run_writes_results_and_mlflow_structure(tmp_path):
 
 @pytest.mark.parametrize("error, status", [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_a_failing_row_ends_its_runs_failed_or_killed_and_keeps_no_results(tmp_path, error, status):
-    gin.external_configurable(lambda seed=0: _Exploding(seed, error), name=f"Exploding_{status}", module="tests")
+    gin.external_configurable(lambda: _Exploding(error), name=f"Exploding_{status}", module="tests")
     parse_config(["smoke.gin"], SMALL + [f"Experiment.rows = {{'boom': @Exploding_{status}}}"])
     with pytest.raises(error):
         Experiment().run(tmp_path)

@@ -1,0 +1,297 @@
+"""Segmentation fine-tuning (methods/downstream): scene batches, propagation, head, objective, loading."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datasets.geometry import points_in_boxes
+from datasets.synthetic import SyntheticIndoor
+from datasets.types import Scene
+from methods.downstream import (PointSegmenter, SceneSamples, SegmentationObjective, augment_sample,
+                                collate_scenes, load_pretrained_encoder, predict_scene_labels,
+                                propagate_features, scene_sample, scene_tokens)
+from methods.encoder import TransformerEncoder
+from methods.tokenizers import KnnTokenizer
+
+NUM_CLASSES = 20
+
+
+@pytest.fixture(scope="module")
+def scene() -> Scene:
+    return SyntheticIndoor(num_train=1, num_val=1, frames_per_scene=1, image_hw=(48, 64)).scene("train", 0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _encoder(width: int = 32, seed: int = 0) -> TransformerEncoder:
+    torch.manual_seed(seed)
+    return TransformerEncoder(width=width, depth=1, heads=2, drop_path=0.0, embed_channels=(16, 32, 64))
+
+
+def _tokenizer() -> KnnTokenizer:
+    return KnnTokenizer(num_tokens=32, group_size=16)
+
+
+def _batch(scene: Scene, num_points: int = 256, count: int = 2) -> dict[str, torch.Tensor]:
+    data = SceneSamples([scene] * count, num_points, _tokenizer(), seed=0, augment=False)
+    return collate_scenes([data[i] for i in range(count)])
+
+
+def _hand_scene(n: int = 50, boxes: int = 2) -> Scene:
+    rng = np.random.default_rng(0)
+    return Scene(scene_id="hand", points=rng.uniform(0, 4, (n, 3)).astype(np.float32),
+                 colors=rng.integers(0, 256, (n, 3)).astype(np.uint8),
+                 semantic=rng.integers(-1, 5, n).astype(np.int32), instance=np.zeros(n, np.int32),
+                 boxes=rng.uniform(0.5, 3, (boxes, 7)).astype(np.float32),
+                 box_labels=np.arange(boxes, dtype=np.int32), box_instance=np.zeros(boxes, np.int32))
+
+
+# --- feature propagation -------------------------------------------------------------------------
+
+def test_propagation_hand_case():
+    centers = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0.5, 0, 0]]])
+    valid = torch.tensor([[True, True, True, False]])  # the padding centre sits on the second point
+    features = torch.tensor([[[1.0, 0], [0, 1], [2, 2], [1e6, 1e6]]])
+    points = torch.tensor([[[0.0, 0, 0], [0.5, 0, 0]]])
+    out = propagate_features(points, centers, valid, features, k=3)
+    torch.testing.assert_close(out[0, 0], features[0, 0])  # a point on a centre gets its feature
+    w = torch.tensor([1 / 0.5, 1 / 0.5, 1 / math.sqrt(0.25 + 4)])
+    w = w / w.sum()
+    torch.testing.assert_close(out[0, 1], w[0] * features[0, 0] + w[1] * features[0, 1] + w[2] * features[0, 2])
+
+
+def test_propagation_weights_sum_to_one_and_padding_is_never_used():
+    gen = torch.Generator().manual_seed(0)
+    points, centers = torch.randn(2, 40, 3, generator=gen), torch.randn(2, 6, 3, generator=gen)
+    valid = torch.tensor([[True] * 6, [True, True] + [False] * 4])  # second scene: fewer than k valid
+    features = torch.ones(2, 6, 4)
+    features[~valid] = 1e6
+    torch.testing.assert_close(propagate_features(points, centers, valid, features), torch.ones(2, 40, 4))
+    none_valid = propagate_features(points, centers, torch.zeros(2, 6, dtype=torch.bool), features)
+    assert torch.all(none_valid == 0)
+
+
+def test_propagation_chunks_agree_and_gradient_reaches_features():
+    gen = torch.Generator().manual_seed(1)
+    points, centers = torch.randn(2, 50, 3, generator=gen), torch.randn(2, 8, 3, generator=gen)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    features = torch.randn(2, 8, 5, generator=gen, requires_grad=True)
+    whole = propagate_features(points, centers, valid, features, chunk=None)
+    torch.testing.assert_close(propagate_features(points, centers, valid, features, chunk=7), whole)
+    whole.sum().backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+# --- scene samples and batches -------------------------------------------------------------------
+
+def test_scene_sample_is_deterministic_centred_and_maps_back(scene):
+    a, b = scene_sample(scene, 500, seed=3), scene_sample(scene, 500, seed=3)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["index"], scene_sample(scene, 500, seed=4)["index"])
+    assert len(np.unique(a["index"])) == 500  # without replacement
+    np.testing.assert_allclose(a["offset"], scene.points.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(a["xyz"] + a["offset"], scene.points[a["index"]], atol=1e-5)
+    np.testing.assert_allclose(a["colors"] * 255, scene.colors[a["index"]], atol=1e-4)
+    np.testing.assert_array_equal(a["labels"], scene.semantic[a["index"]])
+    assert a["xyz"].dtype == np.float32 and a["labels"].dtype == np.int64 and a["box_labels"].dtype == np.int64
+    small = _hand_scene(n=50)
+    over = scene_sample(small, 80, seed=0)  # more than the scene has: with replacement
+    assert over["xyz"].shape == (80, 3) and set(over["index"]) <= set(range(50))
+
+
+def test_boxes_shift_with_the_points(scene):
+    s = scene_sample(scene, 1500, seed=0)
+    np.testing.assert_allclose(s["boxes"][:, 3:], scene.boxes[:, 3:])
+    np.testing.assert_array_equal(points_in_boxes(s["xyz"], s["boxes"], eps=1e-4),
+                                  points_in_boxes(scene.points[s["index"]], scene.boxes, eps=1e-4))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_augmentation_rotates_points_and_boxes_consistently(scene, seed):
+    s = scene_sample(scene, 2000, seed=seed)
+    aug = augment_sample(s, np.random.default_rng(seed))
+    inside = points_in_boxes(s["xyz"], s["boxes"])
+    assert inside.sum() > 50
+    # A box's points stay inside the moved box (faces grown / shrunk by float tolerance).
+    assert np.all(points_in_boxes(aug["xyz"], aug["boxes"], eps=1e-4)[inside])
+    assert not np.any(points_in_boxes(aug["xyz"], aug["boxes"], eps=-1e-4)[~inside])
+    ratio = aug["boxes"][:, 3:6] / s["boxes"][:, 3:6]  # isotropic scale in [0.8, 1.2]
+    np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-5)
+    assert 0.8 <= ratio[0, 0] <= 1.2
+    np.testing.assert_allclose(aug["xyz"][:, 2], ratio[0, 0] * s["xyz"][:, 2], rtol=1e-4, atol=1e-5)
+    assert np.all(np.abs(aug["boxes"][:, 6]) <= math.pi)
+    np.testing.assert_array_equal(aug["labels"], s["labels"])
+
+
+def test_scene_samples_change_with_epoch_and_carry_tokens(scene):
+    data = SceneSamples([scene], 300, _tokenizer(), seed=0, augment=False)
+    first = data[0]
+    assert first["rel"].shape == (32, 16, 3) and first["centers"].shape == (32, 3) and first["valid"].all()
+    np.testing.assert_allclose(first["xyz"] + first["offset"], scene.points[first["index"]], atol=1e-5)
+    np.testing.assert_array_equal(data[0]["index"], first["index"])
+    data.epoch = 1
+    assert not np.array_equal(data[0]["index"], first["index"])
+    tokens = scene_tokens(first["xyz"], _tokenizer(), seed=0)
+    assert set(tokens) == {"rel", "centers", "valid"} and tokens["valid"].dtype == torch.bool
+
+
+def test_collate_pads_boxes_to_the_batch_max():
+    with_boxes, no_boxes = _hand_scene(boxes=3), _hand_scene(boxes=0)
+    items = [{**scene_sample(sc, 40, seed=0), **scene_tokens(scene_sample(sc, 40, seed=0)["xyz"], _tokenizer(), 0)}
+             for sc in (no_boxes, with_boxes)]
+    batch = collate_scenes(items)
+    assert batch["points"].shape == (2, 40, 3) and batch["colors"].shape == (2, 40, 3)
+    assert batch["labels"].shape == (2, 40) and batch["labels"].dtype == torch.int64
+    assert batch["rel"].shape == (2, 32, 16, 3) and batch["valid"].shape == (2, 32)
+    assert batch["gt_boxes"].shape == (2, 3, 7)
+    assert batch["gt_labels"].tolist() == [[-1, -1, -1], [0, 1, 2]]
+    assert batch["gt_valid"].tolist() == [[False] * 3, [True] * 3]
+    empty = collate_scenes(items[:1])
+    assert empty["gt_boxes"].shape == (1, 1, 7) and not empty["gt_valid"].any()
+
+
+# --- model and objective -------------------------------------------------------------------------
+
+def test_point_segmenter_output_shape_and_checks(scene):
+    batch = _batch(scene, num_points=200)
+    assert PointSegmenter(_encoder(), NUM_CLASSES)(batch).shape == (2, 200, NUM_CLASSES)
+    assert PointSegmenter(_encoder(), 4, point_channels=3).eval()(batch).shape == (2, 200, 4)
+    with pytest.raises(ValueError, match="protocol"):
+        PointSegmenter(_encoder(), 4, protocol="linear")
+
+
+def test_objective_loss_decreases(scene):
+    torch.manual_seed(0)
+    objective = SegmentationObjective(PointSegmenter(_encoder(), NUM_CLASSES)).train()
+    batch = _batch(scene)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = objective(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["loss"].detach()))
+        assert 0.0 <= float(out["acc"]) <= 1.0 and not out["acc"].requires_grad
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+
+
+def test_ignored_points_do_not_contribute(scene):
+    objective = SegmentationObjective(PointSegmenter(_encoder(), NUM_CLASSES)).eval()
+    batch = _batch(scene)
+    ignored = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    ignored[:, ::3] = True
+    batch["labels"] = torch.where(ignored, -1, batch["labels"])
+    # Eval mode: each point's logits depend only on itself and the tokens, so dropping the
+    # ignored points must leave the loss unchanged.
+    kept = dict(batch, **{k: torch.stack([batch[k][b][~ignored[b]] for b in range(2)])
+                          for k in ("points", "colors", "labels")})
+    with torch.no_grad():
+        loss = objective(batch)["loss"]
+        torch.testing.assert_close(loss, objective(kept)["loss"])
+        logits = objective.model(batch)
+        torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, NUM_CLASSES), batch["labels"].reshape(-1),
+                                                         ignore_index=-1))
+    weights = torch.linspace(0.5, 2.0, NUM_CLASSES)
+    weighted = SegmentationObjective(objective.model, class_weights=weights).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(weighted(batch)["loss"], F.cross_entropy(
+            logits.reshape(-1, NUM_CLASSES), batch["labels"].reshape(-1), weight=weights, ignore_index=-1))
+    batch["labels"] = torch.full_like(batch["labels"], -1)
+    out = objective(batch)  # nothing labelled: zero loss, finite (zero) gradients
+    out["loss"].backward()
+    assert float(out["loss"].detach()) == 0.0 and float(out["acc"]) == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in objective.parameters() if p.grad is not None)
+
+
+def test_probe_protocol_keeps_the_encoder_frozen_and_in_eval_mode(scene):
+    model = PointSegmenter(_encoder(), NUM_CLASSES, protocol="probe")
+    objective = SegmentationObjective(model).train()
+    assert not model.encoder.training and model.fc1.training
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}  # BatchNorm buffers too
+    head_before = model.fc2.weight.clone()
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-2)
+    batch = _batch(scene)
+    for _ in range(3):
+        optimizer.zero_grad()
+        objective(batch)["loss"].backward()
+        optimizer.step()
+    for key, value in model.encoder.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert not torch.equal(model.fc2.weight, head_before)
+    full = PointSegmenter(_encoder(), NUM_CLASSES).train()
+    assert full.encoder.training and all(p.requires_grad for p in full.encoder.parameters())
+
+
+def test_predict_scene_labels_labels_every_point(scene):
+    model = PointSegmenter(_encoder(), NUM_CLASSES)
+    model(_batch(scene))  # a training-mode pass so BatchNorm running statistics are not trivial
+    labels = predict_scene_labels(model, scene, _tokenizer(), num_points=400, seed=5, chunk=1000)
+    assert labels.shape == (scene.num_points,) and scene.num_points > 400
+    assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < NUM_CLASSES
+    assert model.training  # mode restored
+    np.testing.assert_array_equal(predict_scene_labels(model, scene, _tokenizer(), 400, seed=5, chunk=97), labels)
+    # On the sampled points it agrees with the batch forward pass of the same sample and tokens.
+    sample = scene_sample(scene, 400, seed=5)
+    batch = collate_scenes([{**sample, **scene_tokens(sample["xyz"], _tokenizer(), seed=5)}])
+    with torch.no_grad():
+        direct = model.eval()(batch)[0].argmax(-1).numpy()
+    np.testing.assert_array_equal(labels[sample["index"]], direct)
+
+
+# --- pretrained encoder loading ------------------------------------------------------------------
+
+def test_load_pretrained_encoder_exact(capsys):
+    source_state = _encoder(seed=1).state_dict()
+    target = _encoder(seed=2)
+    assert load_pretrained_encoder(target, source_state, "ckpt.pt") == {"missing": [], "unexpected": []}
+    for key, value in target.state_dict().items():
+        torch.testing.assert_close(value, source_state[key], rtol=0, atol=0)
+    kept = {k: v.clone() for k, v in target.state_dict().items()}
+    assert load_pretrained_encoder(target, None, "none") == {"missing": [], "unexpected": []}
+    assert all(torch.equal(v, kept[k]) for k, v in target.state_dict().items())
+    assert capsys.readouterr().out == ""
+
+
+def test_load_pretrained_encoder_refuses_mismatches():
+    with pytest.raises(ValueError, match="ckpt-w64") as info:
+        load_pretrained_encoder(_encoder(), _encoder(width=64).state_dict(), "ckpt-w64")
+    assert "\n" not in str(info.value) and "shape mismatch" in str(info.value) and "more" in str(info.value)
+    state = _encoder().state_dict()
+    del state["pos_embed.mlp.0.weight"]
+    with pytest.raises(ValueError, match=r"missing 1 keys \[pos_embed.mlp.0.weight\]") as info:
+        load_pretrained_encoder(_encoder(), state, "stage1")
+    assert "\n" not in str(info.value) and "stage1" in str(info.value)
+
+
+def test_load_pretrained_encoder_reports_unexpected_keys(capsys):
+    state = dict(_encoder(seed=1).state_dict(), **{"decoder.w": torch.zeros(2), "head.b": torch.zeros(1)})
+    target = _encoder(seed=2)
+    assert load_pretrained_encoder(target, state, "stage2") == {"missing": [], "unexpected": ["decoder.w", "head.b"]}
+    torch.testing.assert_close(target.state_dict()["pos_embed.mlp.0.weight"], state["pos_embed.mlp.0.weight"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "stage2" in out[0] and "decoder.w" in out[0]
+
+
+def test_runs_through_the_shared_training_loop(scene, tmp_path):
+    from methods.train import TrainSchedule, train
+
+    model = PointSegmenter(_encoder(), NUM_CLASSES, protocol="probe")
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    data = SceneSamples([scene, scene, scene], 128, _tokenizer(), seed=0)
+    schedule = TrainSchedule(epochs=2, batch_size=2, warmup_epochs=0, device="cpu", bf16=False)
+    history = train(SegmentationObjective(model), data, collate_scenes, schedule, tmp_path / "seg.pt", seed=0)
+    assert len(history) == 2 and {"loss", "acc", "lr"} <= set(history[0]) and data.epoch == 1
+    assert all(torch.equal(v, before[k]) for k, v in model.encoder.state_dict().items())
