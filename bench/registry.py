@@ -5,6 +5,7 @@ against this registry. None of these imports loads segment_anything, transformer
 those are imported when a component that needs them is first used.
 """
 import bench.runner  # noqa: F401  Experiment
+import bench.tables  # noqa: F401  TableSpec
 import bench.tasks  # noqa: F401  SemanticSegmentationTask, DetectionTask
 import datasets.prepare  # noqa: F401  FramePreparation
 import datasets.synthetic  # noqa: F401  SyntheticIndoor

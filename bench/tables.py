@@ -1,0 +1,341 @@
+"""Result tables built from the MLflow runs: mean +- std over seeds, paired tests, the paper beside ours.
+
+    records = records_from_mlflow(uri, parent_run_id)          # one record per child run (row, seed)
+    table = build_table(records, spec)                          # long format, one line per (row, column)
+    write_table(folder, table, spec, conventions)               # <name>.csv / .md / .tex
+
+The table is tidy ("long"): one line per (row, column) with ``n, mean, std, delta, delta_std,
+n_paired, p_value, paper, paper_delta``. Renderers pivot it to one line per row. Statistics:
+``std`` uses ddof=1 over the seeds with a finite value; ``delta`` is the difference of the row's and
+the baseline's means; ``p_value`` is a two-sided paired t-test (``scipy.stats.ttest_rel``) over the
+seeds where both rows have a finite value, NaN when fewer than two such seeds or when the paired
+differences have zero variance (the t statistic is undefined there, not infinitely significant).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+
+import gin
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bench.io import atomic_write_text
+
+PAPER_DIR = pathlib.Path(__file__).resolve().parents[1] / "results" / "paper"
+# Conventions every table states; a missing one is printed as "not stated" rather than left out.
+CONVENTION_KEYS = ("checkpoint", "seeds", "profile", "dataset", "teacher", "masks", "machine", "wall_time")
+SIMULATION_LABEL = "synthetic benchmark (simulation)"
+_GROUP_COLUMNS = ("detector", "backbone")  # how Tables 1-2 name their blocks
+COLUMNS = ("row", "paper_row", "column", "paper_column", "n", "mean", "std", "delta", "delta_std",
+           "n_paired", "p_value", "paper", "paper_delta")
+
+
+@gin.register
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """What one result table shows.
+
+    Args:
+      name: file stem and title (e.g. ``table3``).
+      rows: our row name -> the paper row it corresponds to ("" if none), in display order. Paper rows
+        are named as in ``results/paper/<paper_table>.csv``; ``group/row`` (e.g. ``3DETR/+Ours``)
+        where the row name repeats across the blocks of Tables 1-2.
+      baseline_row: our row every delta and test is taken against.
+      columns: our metric keys (e.g. ``synthetic/det/AP25``), in display order.
+      paper_table: ``table1`` .. ``table4``, or "" for no paper columns.
+      paper_columns: our column -> the paper's column (e.g. ``scannet/det/AP25``).
+      notes: conventions of this table, printed under it.
+    """
+
+    name: str
+    rows: dict[str, str]
+    baseline_row: str
+    columns: list[str]
+    paper_table: str = ""
+    paper_columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.rows or not self.columns:
+            raise ValueError(f"TableSpec {self.name!r}: rows and columns must not be empty")
+        if self.baseline_row not in self.rows:
+            raise ValueError(f"TableSpec {self.name!r}: baseline_row {self.baseline_row!r} is not one of rows {list(self.rows)}")
+        unknown = set(self.paper_columns) - set(self.columns)
+        if unknown:
+            raise ValueError(f"TableSpec {self.name!r}: paper_columns name columns not in columns: {sorted(unknown)}")
+
+
+# --- reading: MLflow runs and the paper's numbers
+
+def records_from_mlflow(tracking_uri: str, parent_run_id: str, include_unfinished: bool = False) -> list[dict]:
+    """The child runs of ``parent_run_id`` as ``{row, seed, run_id, metrics}`` records, oldest first.
+
+    ``metrics`` holds each key's latest value (highest step, as MLflow reports it), so a loss curve
+    contributes its last epoch. Runs that did not end FINISHED are skipped unless asked for: a failed
+    run's metrics are partial. Seeds are ints when the tag parses as one.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    records = []
+    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+        if run.info.status != "FINISHED" and not include_unfinished:
+            continue
+        tags = run.data.tags
+        if "row" not in tags:
+            continue  # not a table row (e.g. a helper run nested under the same parent)
+        seed = tags.get("seed", "")
+        records.append({"row": tags["row"], "seed": int(seed) if re.fullmatch(r"-?\d+", seed) else seed,
+                        "run_id": run.info.run_id, "metrics": dict(run.data.metrics)})
+    return records
+
+
+def load_paper_table(name: str, folder: str | os.PathLike = PAPER_DIR) -> pd.DataFrame:
+    """``results/paper/<name>.csv`` as printed ('-' cells are NaN; row names such as "none" stay text)."""
+    return pd.read_csv(pathlib.Path(folder) / f"{name}.csv", keep_default_na=False, na_values=[""])
+
+
+def paper_row(paper: pd.DataFrame, ref: str) -> pd.Series | None:
+    """The paper row named ``ref`` (``row`` or ``group/row``); None for ""; KeyError if absent or ambiguous."""
+    if not ref:
+        return None
+    group = next((c for c in _GROUP_COLUMNS if c in paper.columns), None)
+    hits = paper[paper["row"] == ref]
+    if group and len(hits) != 1 and "/" in ref:
+        head, _, tail = ref.partition("/")
+        hits = paper[(paper[group] == head) & (paper["row"] == tail)]
+    if len(hits) != 1:
+        what = "is ambiguous (name it group/row)" if len(hits) > 1 else "not found"
+        raise KeyError(f"paper row {ref!r} {what}; rows: {list(paper['row'])}")
+    return hits.iloc[0]
+
+
+# --- statistics
+
+def _finite(values: Mapping) -> dict:
+    return {s: float(v) for s, v in values.items() if v is not None and math.isfinite(float(v))}
+
+
+def _paired(values: dict, base: dict) -> dict[str, float]:
+    """Paired comparison over the seeds both rows have: std of the differences and the t-test p-value."""
+    seeds = sorted(set(values) & set(base), key=str)
+    out = {"n_paired": len(seeds), "delta_std": math.nan, "p_value": math.nan}
+    if len(seeds) < 2:
+        return out
+    a = np.array([values[s] for s in seeds])
+    b = np.array([base[s] for s in seeds])
+    diff = a - b
+    out["delta_std"] = float(np.std(diff, ddof=1))
+    # Constant differences: ttest_rel answers p=0 (or NaN); the variance estimate is zero, so no test.
+    if out["delta_std"] > 1e-12 * max(1.0, float(np.abs(diff).max())):
+        out["p_value"] = float(stats.ttest_rel(a, b).pvalue)
+    return out
+
+
+def _summary(values: dict) -> tuple[int, float, float]:
+    n = len(values)
+    arr = np.array(list(values.values()), dtype=float)
+    mean = float(arr.mean()) if n else math.nan
+    std = float(arr.std(ddof=1)) if n > 1 else math.nan
+    return n, mean, std
+
+
+def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Long table: one line per (row, column) of ``spec``, in its order (columns ``COLUMNS``).
+
+    ``n`` counts seeds with a finite value; ``mean``/``std`` (ddof=1, NaN for n < 2) are over those;
+    ``delta`` = mean - baseline mean (0 on the baseline row); ``delta_std``, ``n_paired`` and the
+    two-sided paired ``p_value`` use seeds finite in both rows (see the module docstring for NaN);
+    ``paper``/``paper_delta``: the paper's value for the row's counterpart and its difference to the
+    paper's counterpart of ``baseline_row``. Records of rows not in ``spec.rows`` are ignored.
+    ``paper`` defaults to ``load_paper_table(spec.paper_table)``.
+    """
+    by_row: dict[str, dict] = {row: {} for row in spec.rows}
+    for record in records:
+        row, seed = record["row"], record["seed"]
+        if row not in by_row:
+            continue
+        if seed in by_row[row]:
+            raise ValueError(f"two records for row {row!r} seed {seed!r}")
+        by_row[row][seed] = record["metrics"]
+    if paper is None and spec.paper_table:
+        paper = load_paper_table(spec.paper_table)
+    paper_base = paper_row(paper, spec.rows[spec.baseline_row]) if paper is not None else None
+
+    lines = []
+    for column in spec.columns:
+        base = _finite({s: m.get(column, math.nan) for s, m in by_row[spec.baseline_row].items()})
+        base_mean = _summary(base)[1]
+        paper_column = spec.paper_columns.get(column, "")
+        for row, ref in spec.rows.items():
+            values = _finite({s: m.get(column, math.nan) for s, m in by_row[row].items()})
+            n, mean, std = _summary(values)
+            line = {"row": row, "paper_row": ref, "column": column, "paper_column": paper_column,
+                    "n": n, "mean": mean, "std": std}
+            if row == spec.baseline_row:
+                line.update(delta=0.0 if n else math.nan, delta_std=math.nan, n_paired=n, p_value=math.nan)
+            else:
+                line.update(delta=mean - base_mean, **_paired(values, base))
+            line["paper"], line["paper_delta"] = _paper_cells(paper, ref, paper_base, paper_column)
+            lines.append(line)
+    table = pd.DataFrame(lines, columns=list(COLUMNS))
+    order = {row: i for i, row in enumerate(spec.rows)}
+    return table.sort_values("row", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def _paper_cells(paper, ref: str, paper_base, paper_column: str) -> tuple[float, float]:
+    if paper is None or not ref or not paper_column:
+        return math.nan, math.nan
+    value = float(paper_row(paper, ref)[paper_column])
+    base = float(paper_base[paper_column]) if paper_base is not None else math.nan
+    return value, value - base
+
+
+# --- rendering
+
+def simulation_label(conventions: Mapping[str, object] | None) -> str:
+    """SIMULATION_LABEL when the conventions say the data, teacher or masks are simulated, else ""."""
+    conventions = conventions or {}
+    if "simulation" in conventions:
+        return SIMULATION_LABEL if conventions["simulation"] else ""
+    text = " ".join(str(conventions.get(k, "")) for k in ("dataset", "teacher", "masks")).lower()
+    return SIMULATION_LABEL if ("synthetic" in text or "simulat" in text) else ""
+
+
+def _fmt(x: float, digits: int, sign: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _cells(line: Mapping, is_base: bool, digits: int, alpha: float) -> tuple[str, str, str]:
+    """(ours, delta, paper) cell texts of one (row, column) line."""
+    n = int(line["n"])
+    ours = "–" if n == 0 else _fmt(line["mean"], digits) if n == 1 else \
+        f"{_fmt(line['mean'], digits)} ± {_fmt(line['std'], digits)} ({n})"
+    if is_base:
+        delta = "base"
+    else:
+        marker = "*" if math.isfinite(line["p_value"]) and line["p_value"] < alpha else ""
+        delta = _fmt(line["delta"], digits, sign=True) + (marker if math.isfinite(line["delta"]) else "")
+    paper = _fmt(line["paper"], digits)
+    if not is_base and math.isfinite(line["paper"]) and math.isfinite(line["paper_delta"]):
+        paper += f" ({_fmt(line['paper_delta'], digits, sign=True)})"
+    return ours, delta, paper
+
+
+def _grid(table: pd.DataFrame, spec: TableSpec, digits: int, alpha: float) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the wide view: per column, ours | delta | paper (delta)."""
+    with_paper = bool(spec.paper_table)
+    show_ref = with_paper and any(ref != row for row, ref in spec.rows.items())
+    header = ["row"] + (["paper row"] if show_ref else [])
+    for column in spec.columns:
+        header += [column, "Δ"] + ([f"paper {spec.paper_columns.get(column, '')} (Δ)"] if with_paper else [])
+    index = {(r.row, r.column): r._asdict() for r in table.itertuples(index=False)}
+    body = []
+    for row, ref in spec.rows.items():
+        cells = [row] + ([ref or "–"] if show_ref else [])
+        for column in spec.columns:
+            ours, delta, paper = _cells(index[(row, column)], row == spec.baseline_row, digits, alpha)
+            cells += [ours, delta] + ([paper] if with_paper else [])
+        body.append(cells)
+    return header, body
+
+
+def _footer(spec: TableSpec, conventions: Mapping[str, object], alpha: float) -> dict[str, list[str]]:
+    legend = (f"Cells: mean ± std over seeds (n = seeds with a finite value); one seed shows its value. "
+              f"Δ: difference of means to the baseline row '{spec.baseline_row}'; * p < {alpha:g}, two-sided "
+              f"paired t-test across seeds (scipy.stats.ttest_rel over seeds present in both rows; no test "
+              f"with fewer than 2 pairs or zero variance of the differences; not corrected for multiple comparisons).")
+    if spec.paper_table:
+        legend += (f" paper (Δ): the paper's {spec.paper_table} value of the row's counterpart and its "
+                   f"difference to the counterpart of '{spec.baseline_row}'; paper columns: "
+                   + ", ".join(f"{ours} → {theirs}" for ours, theirs in spec.paper_columns.items()) + ". –: no value")
+    keys = list(CONVENTION_KEYS) + [k for k in conventions if k not in CONVENTION_KEYS and k != "simulation"]
+    lines = [f"{k}: {conventions[k] if k in conventions else 'not stated'}" for k in keys]
+    return {"Legend": [legend], "Conventions": lines, "Notes": list(spec.notes)}
+
+
+def _title(spec: TableSpec, conventions: Mapping[str, object]) -> str:
+    label = simulation_label(conventions)
+    return f"{spec.name} — {label}" if label else spec.name
+
+
+def to_markdown(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object],
+                digits: int = 1, alpha: float = 0.05) -> str:
+    """A Markdown table (one line per row) with its legend, conventions and ``spec.notes`` under it."""
+    header, body = _grid(table, spec, digits, alpha)
+    lead = len(header) - (3 if spec.paper_table else 2) * len(spec.columns)
+    out = [f"### {_title(spec, conventions)}", "", "| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i < lead else "--:" for i in range(len(header))) + "|"]
+    # Escaped so a cell's '*' (significance) or '|' never reads as Markdown syntax.
+    out += ["| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |" for cells in body]
+    for heading, lines in _footer(spec, conventions, alpha).items():
+        if lines:
+            out += ["", f"**{heading}.**"] + [f"- {line}" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+          "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "—": "---", "×": r"$\times$", "≤": r"$\leq$",
+          "≥": r"$\geq$", "→": r"$\rightarrow$", "<": r"$<$", ">": r"$>$"}
+_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX))
+
+
+def latex_escape(text: str) -> str:
+    """``text`` safe in LaTeX text mode (specials escaped, ±/Δ/dashes as LaTeX)."""
+    return _LATEX_RE.sub(lambda m: _LATEX[m.group()], str(text))
+
+
+def to_latex(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object],
+             digits: int = 1, alpha: float = 0.05) -> str:
+    """A booktabs ``tabular`` (metric headers spanning ours/Δ/paper) followed by a footnote-size legend."""
+    header, body = _grid(table, spec, digits, alpha)
+    per = 3 if spec.paper_table else 2
+    lead = len(header) - per * len(spec.columns)
+    out = [r"\begin{tabular}{" + "l" * lead + " ".join(["r" * per] * len(spec.columns)) + "}", r"\toprule"]
+    spans = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(c)}}}" for c in spec.columns]
+    out.append(" & ".join([""] * lead + spans) + r" \\")
+    out.append(" ".join(rf"\cmidrule(lr){{{lead + 1 + i * per}-{lead + (i + 1) * per}}}" for i in range(len(spec.columns))))
+    sub = ["ours", "Δ"] + (["paper (Δ)"] if spec.paper_table else [])
+    out.append(" & ".join([latex_escape(h) for h in header[:lead]] + [latex_escape(s) for s in sub] * len(spec.columns)) + r" \\")
+    out.append(r"\midrule")
+    # A true minus sign for negative numbers; a hyphen would set "-2.2" too short.
+    out += [" & ".join(re.sub(r"(?<![\w.])-(?=\d)", r"$-$", latex_escape(c)) for c in cells) + r" \\" for cells in body]
+    out += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize", latex_escape(_title(spec, conventions)) + r".\par"]
+    for heading, lines in _footer(spec, conventions, alpha).items():
+        if lines:
+            text = "; ".join(latex_escape(line.rstrip(".")) for line in lines)
+            out.append(rf"\textbf{{{heading}.}} {text}.\par")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: pd.DataFrame, spec: TableSpec | None = None, conventions: Mapping[str, object] | None = None) -> str:
+    """The long table as CSV at full precision (data only; legend and conventions are in .md/.tex)."""
+    return table.to_csv(index=False)
+
+
+def write_table(folder: str | os.PathLike, table: pd.DataFrame, spec: TableSpec,
+                conventions: Mapping[str, object]) -> list[pathlib.Path]:
+    """Write ``<name>.csv``, ``<name>.md`` and ``<name>.tex`` atomically into ``folder``; return the paths."""
+    folder = pathlib.Path(folder)
+    return [atomic_write_text(folder / f"{spec.name}.csv", to_csv(table, spec, conventions)),
+            atomic_write_text(folder / f"{spec.name}.md", to_markdown(table, spec, conventions)),
+            atomic_write_text(folder / f"{spec.name}.tex", to_latex(table, spec, conventions))]

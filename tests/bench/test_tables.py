@@ -1,0 +1,282 @@
+"""Paper reference numbers, table statistics against hand-computed values, renderers, MLflow reading."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.tables import (PAPER_DIR, TableSpec, build_table, load_paper_table, paper_row, records_from_mlflow,
+                          to_csv, to_latex, to_markdown, write_table)
+
+METRICS = ["scannet/det/AP25", "scannet/det/AP50", "s3dis/seg/mIoU", "s3dis/seg/mAcc"]
+
+# Written from ../shared/seeds/002_4dcc2442c2f563b7.txt (the paper's Tables 3 and 4), not from the CSVs.
+TABLE3 = {
+    "none": (61.1, 38.6, 61.1, 67.2),
+    "DD": (62.4, 41.7, 66.2, 71.3),
+    "DD+MTP": (64.5, 44.3, 68.7, 74.1),
+    "DD+MTP+BR": (66.0, 46.1, 69.7, 75.9),
+    "DD+MTP+SAM": (67.1, 47.0, 70.9, 77.0),
+    "DD+MTP+BR+SAM": (68.2, 48.4, 71.8, 78.2),
+}
+TABLE3_TICKS = {"none": "", "DD": "DD", "DD+MTP": "DD MTP", "DD+MTP+BR": "DD MTP BR",
+                "DD+MTP+SAM": "DD MTP SAM", "DD+MTP+BR+SAM": "DD MTP BR SAM"}
+TABLE4 = {
+    "stage1": (65.2, 45.1, 69.1, 75.3),
+    "stage1+MTP same stage": (66.0, 46.3, 69.9, 76.1),
+    "stage1+stage2": (68.2, 48.4, 71.8, 78.2),
+}
+
+
+def _values(df: pd.DataFrame, columns=METRICS) -> dict[str, tuple]:
+    return {r["row"]: tuple(float(r[c]) for c in columns) for _, r in df.iterrows()}
+
+
+def test_paper_table3_every_number_and_component_ticks():
+    t3 = load_paper_table("table3")
+    assert list(t3["row"]) == list(TABLE3)
+    assert _values(t3) == TABLE3
+    for _, r in t3.iterrows():
+        ticked = " ".join(c for c in ("DD", "MTP", "BR", "SAM") if r[c])
+        assert ticked == TABLE3_TICKS[r["row"]]
+
+
+def test_paper_table4_every_number():
+    t4 = load_paper_table("table4")
+    assert list(t4["row"]) == list(TABLE4)
+    assert _values(t4) == TABLE4
+    assert list(t4["printed"]) == ["Stage 1", "Stage 1 + MTP in same stage", "Stage 1 + Stage 2 (Ours)"]
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("VoteNet", (57.7, 32.9, 58.6, 33.5)),
+    ("Hou et al.", (math.nan, 36.4, math.nan, 39.3)),
+    ("3DETR/+Plain Transformer", (57.6, 31.9, 61.1, 38.6)),
+    ("+Point-BERT", (math.nan, math.nan, 61.0, 38.3)),
+    ("3DETR/+Bridge3D", (61.8, 37.1, 65.3, 44.2)),
+    ("3DETR/+Ours", (63.5, 39.5, 68.2, 48.4)),
+    ("GroupFree3D", (63.0, 45.2, 67.3, 48.9)),
+    ("GroupFree3D/+PiMAE", (65.0, 46.8, 67.9, 50.5)),
+    ("GroupFree3D/+Ours", (68.9, 52.1, 72.3, 55.7)),
+])
+def test_paper_table1_spot_checks(ref, expected):
+    r = paper_row(load_paper_table("table1"), ref)
+    got = tuple(float(r[c]) for c in ["sunrgbd/det/AP25", "sunrgbd/det/AP50", "scannet/det/AP25", "scannet/det/AP50"])
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("SR-UNet", (68.2, 75.5, 72.1, 80.7)),
+    ("DepthContrast", (70.6, math.nan, 73.1, math.nan)),
+    ("PViT+Pix4Point", (69.6, 75.2, math.nan, math.nan)),
+    ("Plain Transformer", (61.1, 67.2, 67.3, 73.1)),
+    ("+Bridge3D", (70.2, 76.1, 73.9, 80.2)),
+    ("+Ours", (71.8, 78.2, 75.4, 81.5)),
+])
+def test_paper_table2_spot_checks(ref, expected):
+    r = paper_row(load_paper_table("table2"), ref)
+    got = tuple(float(r[c]) for c in ["s3dis/seg/mIoU", "s3dis/seg/mAcc", "scannet/seg/mIoU", "scannet/seg/mAcc"])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_paper_tables_reproduce_the_printed_gains_and_agree_with_each_other():
+    t1, t2, t3 = (load_paper_table(f"table{i}") for i in (1, 2, 3))
+    gains = {("3DETR", "sunrgbd/det/AP25"): 1.7, ("3DETR", "sunrgbd/det/AP50"): 2.4,
+             ("3DETR", "scannet/det/AP25"): 2.9, ("3DETR", "scannet/det/AP50"): 4.2,
+             ("GroupFree3D", "sunrgbd/det/AP25"): 1.0, ("GroupFree3D", "sunrgbd/det/AP50"): 3.6,
+             ("GroupFree3D", "scannet/det/AP25"): 3.2, ("GroupFree3D", "scannet/det/AP50"): 3.8}
+    for (group, column), gain in gains.items():
+        diff = paper_row(t1, f"{group}/+Ours")[column] - paper_row(t1, f"{group}/+Bridge3D")[column]
+        assert diff == pytest.approx(gain, abs=1e-9)
+    for column, gain in {"s3dis/seg/mIoU": 1.6, "s3dis/seg/mAcc": 2.1, "scannet/seg/mIoU": 1.5, "scannet/seg/mAcc": 1.3}.items():
+        assert paper_row(t2, "+Ours")[column] - paper_row(t2, "+Bridge3D")[column] == pytest.approx(gain, abs=1e-9)
+    # Table 3's ends are 3DETR's plain transformer / full model (Table 1) and Table 2's plain transformer / ours.
+    for t3_row, t1_ref, t2_ref in [("none", "3DETR/+Plain Transformer", "Plain Transformer"), ("DD+MTP+BR+SAM", "3DETR/+Ours", "+Ours")]:
+        r3 = paper_row(t3, t3_row)
+        assert (r3["scannet/det/AP25"], r3["scannet/det/AP50"]) == tuple(paper_row(t1, t1_ref)[["scannet/det/AP25", "scannet/det/AP50"]])
+        assert (r3["s3dis/seg/mIoU"], r3["s3dis/seg/mAcc"]) == tuple(paper_row(t2, t2_ref)[["s3dis/seg/mIoU", "s3dis/seg/mAcc"]])
+
+
+def test_paper_row_names_an_ambiguous_row_by_group():
+    with pytest.raises(KeyError, match="ambiguous"):
+        paper_row(load_paper_table("table1"), "+Ours")
+    with pytest.raises(KeyError, match="not found"):
+        paper_row(load_paper_table("table1"), "3DETR/+Nothing")
+    assert (PAPER_DIR / "README.md").is_file()
+
+
+# --- build_table on hand-made records
+
+SPEC = TableSpec(name="t3", rows={"base": "none", "dd": "DD", "full": "DD+MTP+BR+SAM", "extra": ""},
+                 baseline_row="base", columns=["synthetic/det/AP25", "synthetic/seg/mIoU"], paper_table="table3",
+                 paper_columns={"synthetic/det/AP25": "scannet/det/AP25", "synthetic/seg/mIoU": "s3dis/seg/mIoU"},
+                 notes=["hand-made records"])
+AP, MIOU = SPEC.columns
+HAND = {  # (row, seed) -> (AP25, mIoU)
+    ("base", 0): (10.0, 50.0), ("base", 1): (12.0, 52.0), ("base", 2): (14.0, 51.0),
+    ("dd", 0): (11.0, 49.0), ("dd", 1): (14.0, 50.0), ("dd", 2): (15.0, math.nan),
+    ("full", 0): (13.0, 55.0), ("full", 1): (15.0, 57.0), ("full", 2): (17.0, 56.0),
+}
+
+
+def _records():
+    records = [{"row": row, "seed": seed, "run_id": f"{row}{seed}", "metrics": {AP: ap, MIOU: miou}}
+               for (row, seed), (ap, miou) in HAND.items()]
+    records.append({"row": "not-in-spec", "seed": 0, "run_id": "x", "metrics": {AP: 99.0}})
+    return records
+
+
+def _line(table, row, column):
+    hit = table[(table["row"] == row) & (table["column"] == column)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_build_table_means_stds_counts():
+    table = build_table(_records(), SPEC)
+    assert len(table) == len(SPEC.rows) * len(SPEC.columns)
+    assert list(dict.fromkeys(table["row"])) == list(SPEC.rows)
+    base = _line(table, "base", AP)
+    assert (base["n"], base["mean"], base["std"]) == (3, 12.0, 2.0)  # std of 10, 12, 14 (ddof=1) = 2
+    dd = _line(table, "dd", MIOU)  # seed 2 is NaN: two seeds count
+    assert dd["n"] == 2 and dd["mean"] == 49.5 and dd["std"] == pytest.approx(math.sqrt(0.5))
+    extra = _line(table, "extra", AP)  # a row with no runs
+    assert extra["n"] == 0 and math.isnan(extra["mean"]) and math.isnan(extra["p_value"])
+
+
+def test_build_table_deltas_and_paired_test():
+    table = build_table(_records(), SPEC)
+    dd_ap = _line(table, "dd", AP)
+    assert dd_ap["delta"] == pytest.approx(40 / 3 - 12.0)  # mean(11, 14, 15) - mean(10, 12, 14) > 0
+    assert dd_ap["p_value"] == pytest.approx(stats.ttest_rel([11, 14, 15], [10, 12, 14]).pvalue)
+    assert dd_ap["delta_std"] == pytest.approx(np.std([1, 2, 1], ddof=1)) and dd_ap["n_paired"] == 3
+    dd_miou = _line(table, "dd", MIOU)  # paired on seeds 0 and 1 only
+    assert dd_miou["delta"] == pytest.approx(49.5 - 51.0) and dd_miou["delta"] < 0
+    assert dd_miou["n_paired"] == 2
+    assert dd_miou["p_value"] == pytest.approx(stats.ttest_rel([49, 50], [50, 52]).pvalue)
+    full_ap = _line(table, "full", AP)  # +3 on every seed: zero variance of the differences -> no test
+    assert full_ap["delta"] == pytest.approx(3.0) and math.isnan(full_ap["p_value"])
+    base = _line(table, "base", AP)
+    assert base["delta"] == 0.0 and math.isnan(base["p_value"])
+
+
+def test_build_table_paper_columns():
+    table = build_table(_records(), SPEC)
+    assert _line(table, "dd", AP)["paper"] == 62.4
+    assert _line(table, "dd", AP)["paper_delta"] == pytest.approx(62.4 - 61.1)
+    assert _line(table, "full", MIOU)["paper_delta"] == pytest.approx(71.8 - 61.1)
+    assert _line(table, "base", MIOU)["paper_delta"] == 0.0
+    assert math.isnan(_line(table, "extra", AP)["paper"])
+
+
+def test_build_table_refuses_duplicate_seeds_and_bad_specs():
+    with pytest.raises(ValueError, match="two records"):
+        build_table(_records() + [{"row": "base", "seed": 0, "metrics": {}}], SPEC)
+    with pytest.raises(ValueError, match="baseline_row"):
+        TableSpec(name="x", rows={"a": ""}, baseline_row="b", columns=["m"])
+
+
+# --- renderers
+
+CONVENTIONS = {"checkpoint": "last epoch", "seeds": "0, 1, 2", "profile": "smoke", "dataset": "synthetic",
+               "teacher": "simulated", "masks": "rendered (simulated SAM)", "machine": "test", "wall_time": "1 s",
+               "lr_%": "a_b & c"}
+
+
+def test_markdown_has_header_one_line_per_row_legend_and_conventions():
+    md = to_markdown(build_table(_records(), SPEC), SPEC, CONVENTIONS)
+    lines = [l for l in md.splitlines() if l.startswith("|")]
+    assert len(lines) == 2 + len(SPEC.rows)
+    assert lines[0].startswith("| row | paper row | synthetic/det/AP25 | Δ | paper scannet/det/AP25 (Δ) |")
+    assert "| base | none | 12.0 ± 2.0 (3) | base | 61.1 |" in md
+    assert "| dd | DD | 13.3 ± 2.1 (3) | +1.3 | 62.4 (+1.3) | 49.5 ± 0.7 (2) | -1.5 | 66.2 (+5.1) |" in md
+    assert "synthetic benchmark (simulation)" in md.splitlines()[0]
+    assert "p < 0.05" in md and "paired t-test" in md
+    assert "- checkpoint: last epoch" in md and "- wall_time: 1 s" in md and "- hand-made records" in md
+
+
+def test_markdown_marks_significance_and_single_seeds():
+    records = [{"row": row, "seed": s, "metrics": {AP: v + (row == "dd") * (5 + 0.1 * s)}}
+               for row in ("base", "dd") for s, v in enumerate([10.0, 12.0, 11.0])]
+    spec = TableSpec(name="s", rows={"base": "", "dd": ""}, baseline_row="base", columns=[AP])
+    md = to_markdown(build_table(records, spec), spec, {})
+    assert "+5.1\\*" in md and "checkpoint: not stated" in md
+    one = to_markdown(build_table(records[:1] + records[3:4], spec), spec, {})
+    assert "| base | 10.0 | base |" in one and "| dd | 15.0 | +5.0 |" in one
+
+
+def test_latex_is_booktabs_and_escaped():
+    tex = to_latex(build_table(_records(), SPEC), SPEC, CONVENTIONS)
+    assert tex.startswith(r"\begin{tabular}{")
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\end{tabular}" in tex
+    assert r"synthetic/det/AP25" in tex and r"wall\_time" in tex and r"lr\_\%: a\_b \& c" in tex
+    assert r"12.0 $\pm$ 2.0 (3)" in tex and "±" not in tex
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    assert len(body) == len(SPEC.rows) and all(l.count(" & ") == 1 + 3 * 2 for l in body)
+    assert tex.count("{") == tex.count("}")
+
+
+def test_csv_round_trips_and_write_table(tmp_path):
+    table = build_table(_records(), SPEC)
+    back = pd.read_csv(io.StringIO(to_csv(table, SPEC, CONVENTIONS)), keep_default_na=False, na_values=[""])
+    assert list(back.columns) == list(table.columns) and list(back["row"]) == list(table["row"])
+    for column in ("n", "mean", "std", "delta", "p_value", "paper", "paper_delta"):
+        np.testing.assert_allclose(back[column].to_numpy(float), table[column].to_numpy(float), rtol=0, atol=0)
+    paths = write_table(tmp_path / "out", table, SPEC, CONVENTIONS)
+    assert [p.name for p in paths] == ["t3.csv", "t3.md", "t3.tex"] and all(p.stat().st_size > 0 for p in paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t3.csv", "t3.md", "t3.tex"]
+
+
+# --- records from a real (temporary) MLflow store
+
+def test_records_from_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("t3", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, run_name="t3").info.run_id
+    for (row, seed), (ap, miou) in HAND.items():
+        run = client.create_run(experiment, tags={MLFLOW_PARENT_RUN_ID: parent, "row": row, "seed": str(seed)}).info.run_id
+        client.log_metric(run, AP, ap)
+        client.log_metric(run, MIOU, miou)
+        for epoch, loss in enumerate([3.0, 2.0, 1.5]):
+            client.log_metric(run, "pretrain/stage1/loss", loss, step=epoch)
+        client.set_terminated(run, "FINISHED")
+    failed = client.create_run(experiment, tags={MLFLOW_PARENT_RUN_ID: parent, "row": "base", "seed": "9"}).info.run_id
+    client.set_terminated(failed, "FAILED")
+    other = client.create_run(experiment, tags={"row": "base", "seed": "0"}).info.run_id  # not a child of parent
+    client.set_terminated(other, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = records_from_mlflow(uri, parent)
+    assert sorted((r["row"], r["seed"]) for r in records) == sorted(HAND)
+    by_key = {(r["row"], r["seed"]): r["metrics"] for r in records}
+    assert by_key[("dd", 1)][AP] == 14.0 and math.isnan(by_key[("dd", 2)][MIOU])
+    assert by_key[("base", 0)]["pretrain/stage1/loss"] == 1.5  # latest epoch
+    assert len(records_from_mlflow(uri, parent, include_unfinished=True)) == len(HAND) + 1
+    from_store = build_table(records, SPEC)
+    from_memory = build_table(_records(), SPEC)
+    pd.testing.assert_frame_equal(from_store, from_memory)
+
+
+def test_table_spec_is_built_by_gin():
+    import gin
+
+    gin.parse_config("""
+        TableSpec.name = "table4"
+        TableSpec.rows = {"stage1": "stage1", "two": "stage1+stage2"}
+        TableSpec.baseline_row = "stage1"
+        TableSpec.columns = ["synthetic/det/AP25"]
+        TableSpec.paper_table = "table4"
+        TableSpec.paper_columns = {"synthetic/det/AP25": "scannet/det/AP25"}
+        TableSpec.notes = ["checkpoint: last epoch"]
+    """)
+    spec = gin.get_configurable(TableSpec)()
+    table = build_table([], spec)
+    assert spec.rows["two"] == "stage1+stage2" and list(table["paper_delta"]) == [0.0, pytest.approx(68.2 - 65.2)]
