@@ -10,6 +10,7 @@ import bench.tasks  # noqa: F401  SemanticSegmentationTask, DetectionTask
 import datasets.prepare  # noqa: F401  FramePreparation
 import datasets.synthetic  # noqa: F401  SyntheticIndoor
 import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
+import methods.finetune  # noqa: F401  SegmentationFinetune, DetectionFinetune, FinetuneRow
 import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
 import methods.objectives  # noqa: F401  RegionDistillation, MaskedTokenPrediction, DistillationWithMTP, PointMAE, Bridge3DStyle

@@ -1,0 +1,19 @@
+"""3DETR-style 3D detection fine-tuning (DESIGN.md 2.9) [prior: Misra et al. 2021, simplified].
+
+- ``model``: ``Detector3D`` -- token encoder, FPS queries from valid token centres, pre-norm
+  transformer decoder, box heads shared across layers (one box set per layer).
+- ``objective``: ``DetectionObjective`` -- per-layer Hungarian matching and CE + L1 + GIoU losses,
+  for ``methods.train.train``.
+- ``postprocess``: ``decode_detections`` / ``nms_3d`` / ``predict_batch`` -> ``Detections``.
+- ``boxes``: heading bin coding and the differentiable axis-aligned GIoU.
+"""
+from methods.downstream.detection.boxes import aabb_giou, angle_to_bin, bin_to_angle, enclosing_aabb
+from methods.downstream.detection.model import DecoderLayer, Detector3D, sample_queries
+from methods.downstream.detection.objective import DetectionObjective, hungarian_match, match_cost, pred_boxes
+from methods.downstream.detection.postprocess import decode_detections, nms_3d, predict_batch
+
+__all__ = [
+    "DecoderLayer", "DetectionObjective", "Detector3D", "aabb_giou", "angle_to_bin", "bin_to_angle",
+    "decode_detections", "enclosing_aabb", "hungarian_match", "match_cost", "nms_3d", "pred_boxes",
+    "predict_batch", "sample_queries",
+]
