@@ -17,7 +17,7 @@ import gin
 import numpy as np
 from tqdm import tqdm
 
-from bench import summary
+from bench import report, summary
 from bench.config import config_bindings
 from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
@@ -39,12 +39,15 @@ class Experiment:
       tasks: task factories (e.g. ``[@SemanticSegmentationTask, @DetectionTask]``), one fresh task per run.
       seeds: how many seeds each row runs; seed i is ``base_seed + i``.
       tracking_uri: MLflow tracking URI; None = ``MLFLOW_TRACKING_URI`` or the embedded SQLite store.
+      table: a ``TableSpec``: after the rows, the table is built from the MLflow runs (with the paper's
+        numbers beside ours) and written with its plots into the results folder.
+      profile: the profile's name (smoke / demo / paper), printed under tables.
     """
 
     def __init__(self, name: str = gin.REQUIRED, dataset=gin.REQUIRED,
                  rows: Mapping[str, Callable] = gin.REQUIRED, tasks: Sequence[Callable] = gin.REQUIRED,
                  seeds: int = 1, base_seed: int = 0, tracking_uri: str | None = None,
-                 train_split: str = "train", eval_split: str = "val"):
+                 train_split: str = "train", eval_split: str = "val", table=None, profile: str = "custom"):
         if seeds < 1:
             raise ValueError(f"Experiment.seeds must be >= 1, got {seeds}")
         if not rows:
@@ -58,6 +61,9 @@ class Experiment:
         self.tracking_uri = tracking_uri
         self.train_split = train_split
         self.eval_split = eval_split
+        self.table = table
+        self.profile = profile
+        self._notes: dict[str, str] = {}
 
     def run(self, results_dir: str | os.PathLike) -> pathlib.Path:
         """Run every row and seed; return the results folder of this invocation."""
@@ -68,6 +74,7 @@ class Experiment:
         tracker = Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
         tracker.connect()
         config_text = gin.config_str()
+        started = time.time()
 
         # --- parent run; everything is written to a staging folder renamed into place at the end
         tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
@@ -80,6 +87,8 @@ class Experiment:
                 parent.log_params(config_bindings(config_text))
                 atomic_write_text(staging / "config.gin", config_text)
                 records = self._run_rows(tracker, parent, results_dir)
+                if self.table is not None:
+                    self._write_report(staging, uri, parent.run_id, results_dir, time.time() - started)
                 self._write_results(staging, records, config_text, parent)
                 os.replace(staging, final)
             finally:
@@ -96,11 +105,21 @@ class Experiment:
                     print(f"[{row} seed={seed}]")
                     seed_everything(seed)
                     context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split,
-                                         self.tasks, results_dir / "cache", child)
+                                         self.tasks, results_dir / "cache", child, self._notes)
                     metrics = factory().run(context)
                     child.log_metrics(metrics)
                 records.append({"row": row, "seed": seed, "run_id": child.run_id, "metrics": metrics})
         return records
+
+    def _write_report(self, folder: pathlib.Path, uri: str, parent_run_id: str, results_dir: pathlib.Path,
+                      wall_time_s: float) -> None:
+        info = self.dataset.info
+        seeds = list(range(self.base_seed, self.base_seed + self.seeds))
+        convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s)
+        counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, results_dir / "cache"),
+                                           info.seg_classes)
+        report.write_report(folder, self.table, uri, parent_run_id, counts, convention)
+        print("\n" + (folder / f"{self.table.name}.md").read_text())
 
     def _write_results(self, folder: pathlib.Path, records: list[dict], config_text: str, parent) -> None:
         operative = gin.operative_config_str()
@@ -108,7 +127,8 @@ class Experiment:
         atomic_write_json(folder / "metrics.json", {"experiment": self.name, "runs": records})
         table = summary.markdown_table(records, self.dataset.info.name)
         atomic_write_text(folder / "summary.md", table)
-        print("\n" + table)
+        if self.table is None:  # a table run has printed its table already
+            print("\n" + table)
         logged = config_bindings(config_text)
         parent.log_params({k: v for k, v in config_bindings(operative).items() if k not in logged})
         for path in sorted(folder.iterdir()):
@@ -133,6 +153,7 @@ class RowContext:
     task_factories: Sequence[Callable]
     cache_root: pathlib.Path
     tracking_run: RunHandle
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. teacher / masks, for tables
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log intermediate values (e.g. loss curves) to the row's child run."""

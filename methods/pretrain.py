@@ -85,6 +85,8 @@ class PretrainRow:
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
         prepared = self.preparation.prepare(context.dataset, context.train_split, context.cache_root)
+        context.notes.setdefault("teacher", self.preparation.teacher.description)
+        context.notes.setdefault("masks", self.preparation.mask_source.description)
         result = self.stage.run(prepared, prepared.folder.name, context.cache_root, context.seed)
         metrics: dict[str, float] = {}
         for name, history in result["histories"].items():
