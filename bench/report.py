@@ -63,7 +63,12 @@ def _per_class_iou(records: list[dict]) -> dict[str, dict[str, float]]:
             parts = key.split("/")
             if len(parts) == 5 and parts[1:3] == ["seg", "class"] and parts[4] == "IoU":
                 values[record["row"]][parts[3]].append(value)
-    return {row: {c: float(np.nanmean(v)) for c, v in classes.items()} for row, classes in values.items()}
+    return {row: {c: _nanmean(v) for c, v in classes.items()} for row, classes in values.items()}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def class_point_counts(scenes, seg_classes: tuple[str, ...]) -> dict[str, int]:
