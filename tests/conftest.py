@@ -24,3 +24,14 @@ def real_data() -> pathlib.Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data excerpts not found at {REAL_DATA} (../shared/data/real beside the checkout)")
     return REAL_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: tiny models on a busy 2-core machine are much faster that way."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,12 +15,7 @@ from methods.encoder import TransformerEncoder
 B, G, K, Q, C = 2, 12, 8, 8, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _detector(has_yaw: bool, seed: int = 0, **kw) -> Detector3D:

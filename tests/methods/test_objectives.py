@@ -43,13 +43,7 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
                 region_table=table, region_valid=region_valid, region_group=torch.tensor(REGION_GROUP))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with a second OpenMP thread, a busy shared CPU stalls each op up to 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPECS = {

@@ -25,12 +25,7 @@ def scene() -> Scene:
     return SyntheticIndoor(num_train=1, num_val=1, frames_per_scene=1, image_hw=(48, 64)).scene("train", 0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoder(width: int = 32, seed: int = 0) -> TransformerEncoder:
