@@ -96,14 +96,18 @@ class DetectionFinetune(_Finetune):
       num_points: points sampled per scene (paper: 40,000).
       num_queries, decoder_depth: 3DETR's are 256 and 8.
       objectness_threshold, nms_iou: post-processing [prior: 0.05, 0.25].
+      query_from_tokens: start queries from their tokens' encoder features (GroupFree3D-style) instead of
+        3DETR's zeros; converges much faster on small budgets (the demo profile turns it on).
     """
 
     task = "det"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 8,
-                 objectness_threshold: float = 0.05, nms_iou: float = 0.25, augment: bool = True):
+                 objectness_threshold: float = 0.05, nms_iou: float = 0.25, augment: bool = True,
+                 query_from_tokens: bool = False):
         super().__init__(tokenizer, encoder, num_points, schedule, augment)
+        self.query_from_tokens = query_from_tokens
         self.num_queries = num_queries
         self.decoder_depth = decoder_depth
         self.objectness_threshold = objectness_threshold
@@ -112,7 +116,8 @@ class DetectionFinetune(_Finetune):
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
         model = Detector3D(self._encoder(pretrained_state, f"pretraining {pretrain_key}"), len(info.det_classes),
-                           info.has_yaw, num_queries=self.num_queries, decoder_depth=self.decoder_depth)
+                           info.has_yaw, num_queries=self.num_queries, decoder_depth=self.decoder_depth,
+                           query_from_tokens=self.query_from_tokens)
         history = self._fit(DetectionObjective(model), pretrain_key, scenes, info, cache_root, seed)
         return model, history
 

@@ -275,3 +275,19 @@ def test_padding_gt_boxes_are_ignored():
     empty = dict(batch, gt_valid=torch.zeros_like(batch["gt_valid"]))
     out = objective(empty)
     assert torch.isfinite(out["loss"]) and out["center"] == out["size"] == out["giou"] == out["heading"] == 0
+
+
+def test_queries_know_their_tokens_and_can_start_from_their_features():
+    from methods.downstream.detection.model import sample_queries
+
+    centers = torch.randn(2, 6, 3)
+    valid = torch.tensor([[True] * 6, [True, False, True, False, True, False]])
+    xyz, query_valid, token = sample_queries(centers, valid, 4)
+    for b in range(2):
+        assert torch.equal(xyz[b][query_valid[b]], centers[b, token[b][query_valid[b]]])
+        assert bool(valid[b, token[b][query_valid[b]]].all())
+    assert query_valid[1].sum() == 3
+    torch.manual_seed(0)
+    detector = _detector(False, query_from_tokens=True)
+    assert detector.query_from_tokens
+    assert torch.isfinite(detector(_batch(yaw=False))[-1]["logits"]).all()
