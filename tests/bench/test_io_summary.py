@@ -18,6 +18,15 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
 
 
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    path = atomic_write_text(tmp_path / "shared.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_a_failed_write_keeps_the_old_content(tmp_path):
     target = tmp_path / "metrics.json"
     atomic_write_json(target, {"x": 1.0})
