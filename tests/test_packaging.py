@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import pathlib
 import subprocess
+import sysconfig
 import sys
 import tomllib
 
@@ -19,12 +21,19 @@ def test_pyproject_installs_no_packages():
 
 
 def test_installed_distribution_carries_no_top_level_packages():
-    try:
-        files = importlib.metadata.files("sam3d-bench") or []
-    except importlib.metadata.PackageNotFoundError:
-        return  # running from a checkout whose dependencies were installed another way
-    top = {str(f).split("/")[0] for f in files}
-    assert not top & {"datasets", "bench", "methods"}, top
+    # Look in site-packages only: the checkout itself (on sys.path) may hold a build's egg-info.
+    site = sysconfig.get_paths()["purelib"]
+    found = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "sam3d-bench"]
+    for dist in found:
+        top = {str(f).split("/")[0] for f in dist.files or []}
+        assert not top & {"datasets", "bench", "methods"}, top
+    for name in ("datasets", "bench", "methods"):
+        assert not (pathlib.Path(site) / name).exists() or name == "datasets" and _is_hugging_face(site)
+
+
+def _is_hugging_face(site: str) -> bool:
+    """A `datasets` folder in site-packages is fine if it is Hugging Face's, not ours."""
+    return any(d.metadata["Name"] == "datasets" for d in importlib.metadata.distributions(path=[site]))
 
 
 _PROBE = r"""
