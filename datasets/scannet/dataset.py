@@ -1,0 +1,152 @@
+"""ScanNet v2 datasets for the harness, one small class per on-disk layout (wired by gin reference).
+
+Each follows the ``SyntheticIndoor`` protocol: ``info``, ``splits``, ``num_scenes(split)``,
+``scene_id(split, i)``, ``scene(split, i) -> Scene`` and lazy ``scenes(split)``. Splits come from
+ScanNet's ``scannetv2_<split>.txt`` lists in ``meta_dir``; scenes listed there but absent on disk
+are an error unless ``skip_missing=True``, and are reported in one log line either way.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Iterator
+
+import gin
+
+from datasets.scannet.labels import SCANNET_INFO
+from datasets.scannet.raw import raw_scene_present, read_label_map, read_raw_scene
+from datasets.scannet.readers import bin_scene_present, export_scene_present, read_bin_scene, read_export_scene
+from datasets.types import DatasetInfo, Scene
+
+log = logging.getLogger(__name__)
+
+
+def read_split_list(meta_dir: str | pathlib.Path, split: str) -> list[str]:
+    """Scene ids listed in ``<meta_dir>/scannetv2_<split>.txt`` (one per line)."""
+    path = pathlib.Path(meta_dir) / f"scannetv2_{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing split list {path} (ScanNet meta_data/scannetv2_<split>.txt)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+class _ScanNetSplits:
+    """Split lists and the dataset protocol; subclasses say where a scene is and how to read it."""
+
+    info: DatasetInfo = SCANNET_INFO
+
+    def __init__(self, meta_dir: str, splits: tuple[str, ...], skip_missing: bool):
+        self.splits = tuple(splits)
+        self._ids: dict[str, list[str]] = {}
+        for split in self.splits:
+            listed = read_split_list(meta_dir, split)
+            present = [s for s in listed if self._present(s)]
+            missing = [s for s in listed if s not in set(present)]
+            if missing:
+                msg = (f"{type(self).__name__}: {len(missing)} of {len(listed)} scenes of split {split!r} are missing "
+                       f"under {self._where()} (first: {missing[0]})")
+                if not skip_missing:
+                    raise FileNotFoundError(msg + "; pass skip_missing=True to use the others")
+                log.warning("%s; skipped", msg)
+            self._ids[split] = present
+
+    def _present(self, scene_id: str) -> bool:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _read(self, scene_id: str) -> Scene:
+        raise NotImplementedError
+
+    def _check_split(self, split: str) -> str:
+        if split not in self._ids:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
+        return split
+
+    def num_scenes(self, split: str) -> int:
+        """Number of (present) scenes in ``split``."""
+        return len(self._ids[self._check_split(split)])
+
+    def scene_id(self, split: str, index: int) -> str:
+        """ScanNet id of a scene, e.g. ``scene0000_00``."""
+        ids = self._ids[self._check_split(split)]
+        if not 0 <= index < len(ids):
+            raise IndexError(f"scene index {index} out of range for split {split!r} with {len(ids)} scenes")
+        return ids[index]
+
+    def scene(self, split: str, index: int) -> Scene:
+        """Read one scene from disk."""
+        return self._read(self.scene_id(split, index))
+
+    def scenes(self, split: str) -> Iterator[Scene]:
+        """Lazily read the scenes of ``split`` in list order (one in memory at a time)."""
+        for index in range(self.num_scenes(split)):
+            yield self.scene(split, index)
+
+
+@gin.register
+class ScanNetExport(_ScanNetSplits):
+    """votenet / mmdet3d v0.x export (``scannet_train_instance_data/<scene>_vert[_all].npy`` ...).
+
+    Args:
+        root: the export folder holding the ``<scene>_*.npy`` files.
+        meta_dir: folder with ``scannetv2_train.txt`` / ``scannetv2_val.txt``.
+        splits: split names to load lists for.
+        skip_missing: drop listed scenes absent from ``root`` (logged) instead of raising.
+        use_bbox_file: take boxes from ``<scene>_bbox.npy`` when present (else from the instances).
+    """
+
+    def __init__(self, root: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False, use_bbox_file: bool = True):
+        self.root = pathlib.Path(root)
+        self.use_bbox_file = bool(use_bbox_file)
+        super().__init__(meta_dir, splits, skip_missing)
+
+    def _present(self, scene_id: str) -> bool:
+        return export_scene_present(self.root, scene_id)
+
+    def _where(self) -> str:
+        return str(self.root)
+
+    def _read(self, scene_id: str) -> Scene:
+        return read_export_scene(self.root, scene_id, self.use_bbox_file)
+
+
+@gin.register
+class ScanNetBin(_ScanNetSplits):
+    """mmdet3d v1.x layout: ``points/``, ``semantic_mask/``, ``instance_mask/`` ``<scene>.bin`` under ``root``."""
+
+    def __init__(self, root: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False):
+        self.root = pathlib.Path(root)
+        super().__init__(meta_dir, splits, skip_missing)
+
+    def _present(self, scene_id: str) -> bool:
+        return bin_scene_present(self.root, scene_id)
+
+    def _where(self) -> str:
+        return str(self.root / "points")
+
+    def _read(self, scene_id: str) -> Scene:
+        return read_bin_scene(self.root, scene_id)
+
+
+@gin.register
+class ScanNetRaw(_ScanNetSplits):
+    """Raw ScanNet v2 ``scans/<scene>/`` folders plus ``scannetv2-labels.combined.tsv``; axis-aligned points."""
+
+    def __init__(self, scans_root: str = gin.REQUIRED, label_map_tsv: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False):
+        self.scans_root = pathlib.Path(scans_root)
+        self.label_map_tsv = pathlib.Path(label_map_tsv)
+        read_label_map(self.label_map_tsv)  # fail at construction, not at the first scene
+        super().__init__(meta_dir, splits, skip_missing)
+
+    def _present(self, scene_id: str) -> bool:
+        return raw_scene_present(self.scans_root, scene_id)
+
+    def _where(self) -> str:
+        return str(self.scans_root)
+
+    def _read(self, scene_id: str) -> Scene:
+        return read_raw_scene(self.scans_root, scene_id, self.label_map_tsv)
