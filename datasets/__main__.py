@@ -1,19 +1,28 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
+    python -m datasets verify --kind {synthetic,s3dis} [--root DIR] [--layout {auto,bin,raw}] [--limit N] [--json]
 
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
-and a top view of the fused scene to DIR, printing their paths. Errors are one line on stderr and
-exit status 2.
+and a top view of the fused scene to DIR, printing their paths.
+
+``verify`` checks a dataset root (``datasets/verify.py``): it prints every scene found (points, boxes,
+classes present), the counts per split and every problem, as text or as one JSON object (``--json``),
+and exits with status 1 when it found any problem.
+
+Errors are one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
+from datasets.verify import VERIFIERS
 
-def _show(args: argparse.Namespace) -> list[pathlib.Path]:
+
+def _show(args: argparse.Namespace) -> int:
     from datasets.synthetic import SyntheticIndoor
     from datasets.visualize import save_frame_figure, save_scene_topview
 
@@ -29,7 +38,20 @@ def _show(args: argparse.Namespace) -> list[pathlib.Path]:
         save_frame_figure(frame, paths[-1])
     paths.append(out / f"{scene.scene_id}-topview.png")
     save_scene_topview(scene, ds.info, paths[-1])
-    return paths
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from datasets.verify import format_report
+
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    root = None if args.root is None else pathlib.Path(args.root)
+    report = VERIFIERS[args.kind](root, layout=args.layout, limit=args.limit)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     show.add_argument("--frames", type=int, default=4, help="frames per scene")
     show.set_defaults(run=_show)
+
+    verify = sub.add_parser("verify", help="check a dataset root: scenes, points, boxes, classes and problems")
+    verify.add_argument("--kind", required=True, choices=sorted(VERIFIERS), help="dataset reader")
+    verify.add_argument("--root", help="dataset root folder (not used by synthetic)")
+    verify.add_argument("--layout", default="auto", help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw")
+    verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    verify.set_defaults(run=_verify)
     return parser
 
 
@@ -53,13 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --index must be >= 0, got {args.index}", file=sys.stderr)
         return 2
     try:
-        for path in args.run(args):
-            print(path)
+        return args.run(args)
     except (OSError, ValueError, IndexError) as exc:
         message = " ".join(str(exc).split())
         print(f"error: {args.command}: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,266 @@
+"""Dataset root checks behind ``python -m datasets verify``.
+
+A verifier takes a dataset root and returns a report dict (JSON-able)::
+
+    {"kind": "s3dis", "root": "...", "layout": "bin", "ok": false,
+     "scenes": [{"split": "train", "scene_id": "Area_1_office_2", "points": 100, "boxes": 5,
+                 "classes": ["ceiling", ...], "box_classes": {"table": 2, ...}, "problems": []}, ...],
+     "splits": {"train": {"scenes": 1, "points": 100, "boxes": 5, "problems": 0}, ...},
+     "problems": [{"split": "train", "scene_id": "Area_1_office_2", "message": "..."}, ...]}
+
+Every scene is checked inside its own ``try``: a problem is recorded and the next scene is checked, so
+one bad file never hides the others. Readers of other datasets add a verifier to ``VERIFIERS``; a
+verifier is ``fn(root, *, layout="auto", limit=None) -> report`` and usually just lists its scenes
+and calls ``check_scene`` on each (or ``verify_dataset`` for anything with the dataset protocol).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from datasets.types import IGNORE_INDEX, DatasetInfo, Scene
+
+# Expected (dtype, ndim, columns) of each Scene array (datasets/types.py); None = any column count.
+_SCENE_ARRAYS = {"points": (np.float32, 2, 3), "colors": (np.uint8, 2, 3), "semantic": (np.int32, 1, None),
+                 "instance": (np.int32, 1, None), "boxes": (np.float32, 2, 7), "box_labels": (np.int32, 1, None),
+                 "box_instance": (np.int32, 1, None)}
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line; the type name is kept for errors that are not the readers' own."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
+
+
+def new_report(kind: str, root: pathlib.Path | str | None, layout: str) -> dict:
+    """An empty report; fill ``scenes`` (and root-level ``problems``), then call ``finish_report``."""
+    return {"kind": kind, "root": None if root is None else str(root), "layout": layout, "ok": True,
+            "scenes": [], "splits": {}, "problems": []}
+
+
+def add_problem(report: dict, message: str, split: str | None = None, scene_id: str | None = None) -> None:
+    """Record a problem that belongs to no scene entry (missing root, unknown layout, ...)."""
+    report["problems"].append({"split": split, "scene_id": scene_id, "message": message})
+
+
+def scene_problems(scene: Scene, info: DatasetInfo) -> list[str]:
+    """What is wrong with a loaded scene: dtypes and shapes of ``datasets/types.py``, lengths, label ranges."""
+    problems = []
+    for name, (dtype, ndim, cols) in _SCENE_ARRAYS.items():
+        a = getattr(scene, name)
+        if a.dtype != dtype or a.ndim != ndim or (cols is not None and a.shape[1] != cols):
+            problems.append(f"{name}: {a.dtype} {a.shape}, expected {np.dtype(dtype)} with {ndim} dims"
+                            + (f" and {cols} columns" if cols else ""))
+    if problems:
+        return problems
+    n = scene.num_points
+    if n == 0:
+        problems.append("empty: 0 points")
+    for name in ("colors", "semantic", "instance"):
+        if len(getattr(scene, name)) != n:
+            problems.append(f"{name}: {len(getattr(scene, name))} values for {n} points")
+    if len(scene.box_labels) != len(scene.boxes) or len(scene.box_instance) != len(scene.boxes):
+        problems.append(f"{len(scene.boxes)} boxes but {len(scene.box_labels)} labels, "
+                        f"{len(scene.box_instance)} instance ids")
+    if not np.isfinite(scene.points).all() or not np.isfinite(scene.boxes).all():
+        problems.append("non-finite coordinates in points or boxes")
+    sem = scene.semantic
+    if len(sem) and (sem.min() < IGNORE_INDEX or sem.max() >= len(info.seg_classes)):
+        problems.append(f"semantic ids {sem.min()}..{sem.max()} outside {IGNORE_INDEX}..{len(info.seg_classes) - 1}")
+    if len(scene.instance) and scene.instance.min() < 0:
+        problems.append("negative instance ids")
+    labels = scene.box_labels
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(info.det_classes)):
+        problems.append(f"box labels {labels.min()}..{labels.max()} outside 0..{len(info.det_classes) - 1}")
+    return problems
+
+
+def scene_entry(split: str, scene_id: str, scene: Scene | None, info: DatasetInfo) -> dict:
+    """A report row: what was found in one scene (``scene=None`` when it could not be loaded)."""
+    entry = {"split": split, "scene_id": scene_id, "points": None, "boxes": None, "classes": [],
+             "box_classes": {}, "problems": []}
+    if scene is None:
+        return entry
+    entry["points"], entry["boxes"] = scene.num_points, int(len(scene.boxes))
+    seg = np.unique(scene.semantic)
+    entry["classes"] = [info.seg_classes[i] for i in seg if 0 <= i < len(info.seg_classes)]
+    labels, counts = np.unique(scene.box_labels, return_counts=True)
+    entry["box_classes"] = {info.det_classes[i]: int(c) for i, c in zip(labels, counts) if 0 <= i < len(info.det_classes)}
+    return entry
+
+
+def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: DatasetInfo) -> dict:
+    """Load one scene with ``load()`` and check it; any exception becomes a problem of the row."""
+    try:
+        scene = load()
+    except Exception as exc:  # noqa: BLE001 - a verifier reports every failure and goes on
+        entry = scene_entry(split, scene_id, None, info)
+        entry["problems"].append(one_line(exc))
+        return entry
+    entry = scene_entry(split, scene_id, scene, info)
+    entry["problems"] += scene_problems(scene, info)
+    return entry
+
+
+def verify_dataset(report: dict, dataset, limit: int | None = None) -> dict:
+    """Check the first ``limit`` scenes (all when None) of every split of a protocol dataset."""
+    for split in dataset.splits:
+        count = dataset.num_scenes(split)
+        for index in range(count if limit is None else min(count, limit)):
+            sid = dataset.scene_id(split, index)
+            report["scenes"].append(check_scene(split, sid, lambda: dataset.scene(split, index), dataset.info))
+    return finish_report(report)
+
+
+def finish_report(report: dict) -> dict:
+    """Fill the per-split counts, gather scene problems into ``problems`` and set ``ok``."""
+    splits: dict[str, dict] = {}
+    scene_problems_ = []
+    for entry in report["scenes"]:
+        s = splits.setdefault(entry["split"], {"scenes": 0, "points": 0, "boxes": 0, "problems": 0})
+        s["scenes"] += 1
+        s["points"] += entry["points"] or 0
+        s["boxes"] += entry["boxes"] or 0
+        s["problems"] += len(entry["problems"])
+        scene_problems_ += [{"split": entry["split"], "scene_id": entry["scene_id"], "message": m}
+                            for m in entry["problems"]]
+    report["splits"] = splits
+    report["problems"] = [p for p in report["problems"] if p["scene_id"] is None] + scene_problems_
+    report["ok"] = not report["problems"]
+    return report
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def npy_problems(path: pathlib.Path, dtype: np.dtype | None = None, ndim: int | None = None) -> list[str]:
+    """Problems of one ``.npy`` file without loading its data: missing, bad header, truncated, dtype, ndim."""
+    if not path.is_file():
+        return [f"{path}: missing file"]
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = _NPY_HEADER_READERS.get(version)
+            if read_header is None:
+                return [f"{path}: unsupported .npy format version {version}"]
+            shape, _, file_dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        return [f"{path}: unreadable .npy header ({one_line(exc)})"]
+    problems = []
+    expected = offset + int(np.prod(shape)) * file_dtype.itemsize
+    if path.stat().st_size < expected:
+        problems.append(f"{path}: truncated: {path.stat().st_size} bytes, header says {expected}")
+    if dtype is not None and file_dtype != np.dtype(dtype):
+        problems.append(f"{path}: dtype {file_dtype}, expected {np.dtype(dtype)}")
+    if ndim is not None and len(shape) != ndim:
+        problems.append(f"{path}: shape {shape}, expected {ndim} dims")
+    return problems
+
+
+# ---- verifiers ----
+
+def verify_synthetic(root: pathlib.Path | None = None, *, layout: str = "auto", limit: int | None = None) -> dict:
+    """Generate and check the simulated benchmark at its default settings (it has no files; root unused)."""
+    from datasets.synthetic import SyntheticIndoor
+
+    return verify_dataset(new_report("synthetic", None, "generated"), SyntheticIndoor(), limit)
+
+
+def _s3dis_layout(root: pathlib.Path) -> str | None:
+    from datasets.s3dis import BIN_FILES
+
+    if any((root / kind).is_dir() for kind in BIN_FILES):
+        return "bin"
+    if any(p.is_dir() for p in root.glob("Area_*")):
+        return "raw"
+    return None
+
+
+def _s3dis_bin_rows(report: dict, root: pathlib.Path, val_area: int, limit: int | None) -> None:
+    from datasets.s3dis import BIN_FILES, S3DIS_INFO, area_of, bin_room_problems, scene_from_arrays
+
+    # A room is any name seen in one of the three folders, so a room missing one file is still checked.
+    rooms = sorted({p.stem for kind in BIN_FILES for p in (root / kind).glob("*.bin")})
+    if not rooms:
+        add_problem(report, f"{root}: no <room>.bin files in {', '.join(BIN_FILES)}")
+    seen: dict[str, int] = {}
+    for room in rooms:
+        try:
+            split = "val" if area_of(room) == val_area else "train"
+        except ValueError as exc:
+            add_problem(report, one_line(exc), split="unknown", scene_id=None)
+            continue
+        if limit is not None and seen.get(split, 0) >= limit:
+            continue
+        seen[split] = seen.get(split, 0) + 1
+
+        try:
+            arrays, problems = bin_room_problems(root, room)
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next room
+            arrays, problems = {}, [one_line(exc)]
+        if problems:  # every file-level problem of the room is listed, not only the first
+            entry = scene_entry(split, room, None, S3DIS_INFO)
+            entry["problems"] = problems
+            if "points" in arrays:
+                entry["points"] = len(arrays["points"])
+        else:
+            entry = check_scene(split, room, lambda: scene_from_arrays(
+                room, arrays["points"], arrays["semantic_mask"], arrays["instance_mask"]), S3DIS_INFO)
+        report["scenes"].append(entry)
+
+
+def verify_s3dis(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
+                 val_area: int = 5) -> dict:
+    """Check an S3DIS root in the mmdet3d ``bin`` layout or the Stanford ``raw`` layout (``auto``: detect)."""
+    from datasets.s3dis import S3DIS_INFO, S3DISRaw, read_raw_room
+
+    report = new_report("s3dis", root, layout)
+    if root is None or not pathlib.Path(root).is_dir():
+        add_problem(report, f"{root}: S3DIS root folder not found (give --root)")
+        return finish_report(report)
+    root = pathlib.Path(root)
+    if layout == "auto":
+        report["layout"] = layout = _s3dis_layout(root) or "unknown"
+    if layout == "bin":
+        _s3dis_bin_rows(report, root, val_area, limit)
+    elif layout == "raw":
+        try:
+            ds = S3DISRaw(root, val_area=val_area)
+        except (OSError, ValueError) as exc:
+            add_problem(report, one_line(exc))
+            return finish_report(report)
+        for split in ds.splits:
+            for room in ds.rooms[split][:limit]:
+                report["scenes"].append(check_scene(
+                    split, room, lambda room=room: read_raw_room(ds.room_folder(room), room), S3DIS_INFO))
+    elif layout == "unknown":
+        add_problem(report, f"{root}: neither the mmdet3d layout (points/ semantic_mask/ instance_mask/) "
+                            f"nor the raw layout (Area_N/<room>/Annotations/) was found")
+    else:
+        add_problem(report, f"unknown s3dis layout {layout!r}; use auto, bin or raw")
+    return finish_report(report)
+
+
+VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3dis": verify_s3dis}
+
+
+def format_report(report: dict) -> str:
+    """The report as text: one line per scene, the per-split counts, then every problem."""
+    lines = [f"{report['kind']} ({report['layout']} layout) at {report['root'] or '(no files)'}"]
+    for e in report["scenes"]:
+        points = "?" if e["points"] is None else e["points"]
+        found = f"{points:>9} points {'?' if e['boxes'] is None else e['boxes']:>4} boxes"
+        boxes = ", ".join(f"{k} {v}" for k, v in e["box_classes"].items())
+        lines.append(f"  {e['split']:<5} {e['scene_id']:<24} {found}  classes: {', '.join(e['classes']) or '-'}"
+                     + (f"  boxes: {boxes}" if boxes else "") + (f"  [{len(e['problems'])} problems]" if e["problems"] else ""))
+    for split, s in report["splits"].items():
+        lines.append(f"{split}: {s['scenes']} scenes, {s['points']} points, {s['boxes']} boxes, {s['problems']} problems")
+    if not report["problems"]:
+        lines.append("no problems found")
+    else:
+        lines.append(f"{len(report['problems'])} problems:")
+        lines += [f"  - {p['scene_id'] + ': ' if p['scene_id'] else ''}{p['message']}" for p in report["problems"]]
+    return "\n".join(lines)
