@@ -244,7 +244,52 @@ def verify_s3dis(root: pathlib.Path | None, *, layout: str = "auto", limit: int 
     return finish_report(report)
 
 
-VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3dis": verify_s3dis}
+def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[str, list[str]]:
+    """Scene ids per split from ``scannetv2_<split>.txt`` (in ``meta_dir``, ``root/meta_data`` or
+    ``root/../meta_data``); without split lists, every exported scene under the split name "all"."""
+    from datasets.scannet import read_split_list
+
+    for folder in (meta_dir, root / "meta_data", root.parent / "meta_data"):
+        if folder is not None and (pathlib.Path(folder) / "scannetv2_train.txt").is_file():
+            return {split: read_split_list(folder, split) for split in ("train", "val")}
+    scenes = sorted({p.name.split("_vert")[0] for p in root.glob("*_vert*.npy")})
+    return {"all": scenes}
+
+
+def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
+                   meta_dir: pathlib.Path | None = None) -> dict:
+    """Check a ScanNet VoteNet/mmdet3d export root: every scene of the split lists has its ``.npy`` files
+    with sound headers, and loads into a valid ``Scene`` (a scene missing from disk is a problem)."""
+    from datasets.scannet import SCANNET_INFO, read_export_scene
+
+    report = new_report("scannet", root, "export" if layout == "auto" else layout)
+    if root is None or not pathlib.Path(root).is_dir():
+        add_problem(report, f"{root}: ScanNet root folder not found (give --root)")
+        return finish_report(report)
+    if report["layout"] != "export":
+        add_problem(report, f"unknown scannet layout {layout!r}; verify checks the 'export' layout "
+                            "(<scene>_vert[_all].npy, _sem_label, _ins_label, _bbox)")
+        return finish_report(report)
+    root = pathlib.Path(root)
+    for split, scene_ids in _scannet_splits(root, meta_dir).items():
+        for scene_id in scene_ids[:limit]:
+            files = [_scannet_file(root, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
+            header = [m for path in files for m in npy_problems(path)]
+            if header:
+                report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
+                continue
+            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: read_export_scene(root, s),
+                                                SCANNET_INFO))
+    return finish_report(report)
+
+
+def _scannet_file(root: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
+    full = root / f"{scene_id}_{key}_all.npy"
+    return full if full.is_file() else root / f"{scene_id}_{key}.npy"
+
+
+VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3dis": verify_s3dis,
+                                             "scannet": verify_scannet}
 
 
 def format_report(report: dict) -> str:
