@@ -17,7 +17,7 @@ def test_there_are_shipped_gin_files():
 # Values a user must give for real data and weights (%gin.REQUIRED in the shipped files).
 REQUIRED_VALUES = ["SamMaskSource.checkpoint = '/models/sam_vit_h.pth'", "Dinov2Teacher.model_dir = '/models/dinov2'",
                    "ScanNetExport.root = '/data/scannet'", "ScanNetExport.meta_dir = '/data/scannet/meta_data'",
-                   "S3DISBin.root = '/data/s3dis'"]
+                   "S3DISBin.root = '/data/s3dis'", "SunRgbdVotenet.root = '/data/sunrgbd/sunrgbd_trainval'"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
