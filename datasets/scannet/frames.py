@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from datasets.geometry import project
+from datasets.geometry import project, zbuffer
 from datasets.safe_pickle import load_pickle
 from datasets.types import IGNORE_INDEX, Frame, Scene
 
@@ -98,35 +98,6 @@ def read_sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_sc
     if frames.num_invalid_pose:
         log.warning("%s: skipped %d of %d frames with an invalid (inf/NaN) pose", folder, frames.num_invalid_pose, len(ids))
     return frames
-
-
-def zbuffer(points: np.ndarray, K: np.ndarray, pose: np.ndarray, image_hw: tuple[int, int],
-            splat_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest point per pixel: (H, W) float32 depth (0 = empty) and (H, W) int64 point index (-1 = empty).
-
-    Each point in front of the camera covers its nearest pixel, or a (2*splat_px+1)^2 square around
-    it, so that sparse foreground points hide more of the background seen through their gaps.
-    """
-    h, w = image_hw
-    uv, z = project(points, K, pose)
-    front = np.nonzero(z > 0)[0]
-    col = np.round(uv[front, 0]).astype(np.int64)
-    row = np.round(uv[front, 1]).astype(np.int64)
-    offsets = np.arange(-splat_px, splat_px + 1)
-    dr, dc = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
-    row = (row[:, None] + dr[None]).ravel()
-    col = (col[:, None] + dc[None]).ravel()
-    idx = np.repeat(front, len(dr))
-    inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-    pix, idx = row[inside] * w + col[inside], idx[inside]
-    order = np.lexsort((z[idx], pix))  # by pixel, then nearest first
-    pix, idx = pix[order], idx[order]
-    first = np.r_[True, pix[1:] != pix[:-1]]
-    depth = np.zeros(h * w, dtype=np.float32)
-    index = np.full(h * w, -1, dtype=np.int64)
-    depth[pix[first]] = z[idx[first]]
-    index[pix[first]] = idx[first]
-    return depth.reshape(h, w), index.reshape(h, w)
 
 
 def frames_from_posed_images(points: np.ndarray, semantic: np.ndarray | None, instance: np.ndarray | None,

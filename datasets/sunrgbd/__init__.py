@@ -23,13 +23,12 @@ from datasets.sunrgbd.votenet import (
     read_votenet_frame,
     read_votenet_points,
     votenet_frame,
-    zbuffer_depth,
 )
 
 __all__ = [
     "CLASS_INDEX", "CV_TO_TILTED", "DET_CLASSES", "SUNRGBD_INFO", "TRAINVAL", "SunRgbdError", "SunRgbdFrame",
     "SunRgbdVotenet", "decode_depth_png", "label_box", "load_calib", "load_votenet_frame", "project_upright_depth",
     "read_depth_png", "read_index_list", "read_raw_frame", "read_votenet_boxes", "read_votenet_frame",
-    "read_votenet_points", "rtilt_from_extrinsics", "upright_pose", "votenet_frame", "zbuffer_depth",
+    "read_votenet_points", "rtilt_from_extrinsics", "upright_pose", "votenet_frame",
     "zero_based_intrinsics",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from datasets.geometry import project
+from datasets.geometry import zbuffer
 from datasets.sunrgbd.camera import SunRgbdError, upright_pose, zero_based_intrinsics
 from datasets.sunrgbd.labels import read_votenet_boxes
 from datasets.types import Frame
@@ -109,26 +109,13 @@ def read_image(path: pathlib.Path, layout: str) -> np.ndarray:
         raise SunRgbdError(f"{path}: cannot read image ({exc})") from None
 
 
-def zbuffer_depth(points: np.ndarray, K: np.ndarray, pose: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 camera-z depth of the nearest point in each pixel (nearest-pixel rounding), 0 = empty."""
-    h, w = image_hw
-    uv, z = project(points, K, pose)
-    col, row = np.round(uv[:, 0]).astype(np.int64), np.round(uv[:, 1]).astype(np.int64)
-    ok = (z > 0) & (row >= 0) & (row < h) & (col >= 0) & (col < w)
-    pix, z = row[ok] * w + col[ok], z[ok]
-    depth = np.full(h * w, np.inf)
-    np.minimum.at(depth, pix, z)
-    depth[np.isinf(depth)] = 0.0
-    return depth.reshape(h, w).astype(np.float32)
-
-
 def votenet_frame(root: pathlib.Path | str, index: int | str, points: np.ndarray) -> Frame:
     """The ``Frame`` of an export frame given its points: JPEG, 0-based K, upright pose, z-buffered depth."""
     root = pathlib.Path(root)
     rgb = read_image(root / "image" / f"{stem(index)}.jpg", LAYOUT)
     rtilt, k_matlab = load_calib(root / "calib" / f"{stem(index)}.txt")
     K, pose = zero_based_intrinsics(k_matlab), upright_pose(rtilt)
-    depth = zbuffer_depth(points[:, :3], K, pose, rgb.shape[:2])
+    depth, _ = zbuffer(points[:, :3], K, pose, rgb.shape[:2])
     return Frame(frame_id=f"sunrgbd/{stem(index)}", rgb=rgb, depth=depth, intrinsics=K, pose=pose)
 
 

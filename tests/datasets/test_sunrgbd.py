@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 
-from datasets.geometry import backproject, points_in_boxes, project
+from datasets.geometry import backproject, points_in_boxes, project, zbuffer
 from datasets.sunrgbd import (
     CV_TO_TILTED,
     SUNRGBD_INFO,
@@ -19,7 +19,6 @@ from datasets.sunrgbd import (
     read_votenet_boxes,
     read_votenet_frame,
     read_votenet_points,
-    zbuffer_depth,
 )
 from datasets.sunrgbd.votenet import TRAINVAL
 from datasets.types import IGNORE_INDEX
@@ -79,7 +78,7 @@ def test_zbuffered_depth_backprojects_onto_the_points(frame1):
 def test_zbuffer_keeps_the_nearest_point_of_a_pixel():
     K = np.array([[100.0, 0.0, 2.0], [0.0, 100.0, 2.0], [0.0, 0.0, 1.0]])
     pts = np.array([[0.0, 0.0, 3.0], [0.0, 0.0, 2.0], [0.0, 0.0, 4.0], [0.0, 0.0, -1.0]])
-    depth = zbuffer_depth(pts, K, np.eye(4), (5, 5))
+    depth, _ = zbuffer(pts, K, np.eye(4), (5, 5))
     assert depth[2, 2] == 2.0 and np.count_nonzero(depth) == 1
 
 
