@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench.errors import DataError
 from bench.fingerprint import fingerprint
 from bench.io import atomic_write_bytes, atomic_write_text
 from datasets.geometry import backproject
@@ -138,7 +139,8 @@ class FramePreparation:
         for index in tqdm(range(dataset.num_scenes(split)), desc=f"prepare {dataset.info.name}/{split}"):
             frame_ids += self._prepare_scene(dataset, split, index, folder)
         if not frame_ids:
-            raise ValueError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points")
+            raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
+                            "(pretraining needs RGB-D frames attached to the scenes)")
         groups = self._groups(folder, frame_ids)
         return PreparedSplit(folder, frame_ids, groups, self, dataset, split)
 

@@ -23,6 +23,7 @@ from typing import Iterator
 import gin
 import numpy as np
 
+from bench.errors import DataError
 from datasets.types import DatasetInfo, Scene
 
 SEG_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa",
@@ -48,7 +49,7 @@ BIN_FILES = {"points": (np.dtype("<f4"), 6), "semantic_mask": (np.dtype("<i8"), 
 _AREA = re.compile(r"^Area_(\d+)(?:_|$)")
 
 
-class S3DISError(ValueError):
+class S3DISError(DataError):
     """A problem with S3DIS files; the message is one line naming the file."""
 
 

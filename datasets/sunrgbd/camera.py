@@ -15,11 +15,13 @@ import pathlib
 
 import numpy as np
 
+from bench.errors import DataError
+
 # Columns: where the OpenCV camera's x, y, z axes point in the tilted depth frame.
 CV_TO_TILTED = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 
-class SunRgbdError(ValueError):
+class SunRgbdError(DataError):
     """A SUN RGB-D file is missing or malformed; the message names the file and the expected layout."""
 
 
