@@ -18,12 +18,12 @@ from __future__ import annotations
 import pathlib
 import re
 import warnings
-from typing import Iterator
 
 import gin
 import numpy as np
 
 from bench.errors import DataError
+from datasets.scene_list import SceneListDataset
 from datasets.types import DatasetInfo, Scene
 
 SEG_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa",
@@ -238,10 +238,9 @@ def read_bin_room(root: pathlib.Path | str, room: str) -> Scene:
 
 # ---- datasets ----
 
-class _S3DISRooms:
-    """The split and scene protocol shared by both layouts; subclasses list rooms and read one."""
+class _S3DISRooms(SceneListDataset):
+    """Rooms of Area ``val_area`` are val, the others train; subclasses list rooms and read one."""
 
-    splits: tuple[str, ...] = ("train", "val")
     info: DatasetInfo = S3DIS_INFO
 
     def __init__(self, root: pathlib.Path | str, val_area: int = 5):
@@ -250,39 +249,11 @@ class _S3DISRooms:
         if not self.root.is_dir():
             raise S3DISError(f"{self.root}: S3DIS root folder not found")
         rooms = sorted(self._list_rooms())
-        self.rooms = {"train": [r for r in rooms if area_of(r) != self.val_area],
-                      "val": [r for r in rooms if area_of(r) == self.val_area]}
+        self.scene_ids = {"train": [r for r in rooms if area_of(r) != self.val_area],
+                          "val": [r for r in rooms if area_of(r) == self.val_area]}
 
     def _list_rooms(self) -> list[str]:
         raise NotImplementedError
-
-    def _read(self, room: str) -> Scene:
-        raise NotImplementedError
-
-    def _check_split(self, split: str) -> list[str]:
-        if split not in self.rooms:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
-        return self.rooms[split]
-
-    def num_scenes(self, split: str) -> int:
-        """Number of rooms in ``split``."""
-        return len(self._check_split(split))
-
-    def scene_id(self, split: str, index: int) -> str:
-        """The room name, e.g. ``Area_1_office_2``."""
-        rooms = self._check_split(split)
-        if not 0 <= index < len(rooms):
-            raise IndexError(f"scene index {index} out of range for split {split!r} with {len(rooms)} rooms")
-        return rooms[index]
-
-    def scene(self, split: str, index: int) -> Scene:
-        """Read one room from disk (nothing is kept in memory between calls)."""
-        return self._read(self.scene_id(split, index))
-
-    def scenes(self, split: str) -> Iterator[Scene]:
-        """Lazily read the rooms of ``split`` in name order (one in memory at a time)."""
-        for index in range(self.num_scenes(split)):
-            yield self.scene(split, index)
 
 
 @gin.register
@@ -300,7 +271,7 @@ class S3DISBin(_S3DISRooms):
             raise S3DISError(f"{folder}: missing points folder (expected mmdet3d's points/<room>.bin)")
         return [p.stem for p in folder.glob("*.bin")]
 
-    def _read(self, room: str) -> Scene:
+    def read_scene(self, room: str) -> Scene:
         return read_bin_room(self.root, room)
 
 
@@ -324,5 +295,5 @@ class S3DISRaw(_S3DISRooms):
         area = f"Area_{area_of(room)}"
         return self.root / area / room[len(area) + 1:]
 
-    def _read(self, room: str) -> Scene:
+    def read_scene(self, room: str) -> Scene:
         return read_raw_room(self.room_folder(room), scene_id=room)

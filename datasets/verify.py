@@ -233,7 +233,7 @@ def verify_s3dis(root: pathlib.Path | None, *, layout: str = "auto", limit: int 
             add_problem(report, one_line(exc))
             return finish_report(report)
         for split in ds.splits:
-            for room in ds.rooms[split][:limit]:
+            for room in ds.scene_ids[split][:limit]:
                 report["scenes"].append(check_scene(
                     split, room, lambda room=room: read_raw_room(ds.room_folder(room), room), S3DIS_INFO))
     elif layout == "unknown":

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Iterator
 
 import gin
 
 from datasets.scannet.labels import SCANNET_INFO
 from datasets.scannet.raw import raw_scene_present, read_label_map, read_raw_scene
 from datasets.scannet.readers import bin_scene_present, export_scene_present, read_bin_scene, read_export_scene
+from datasets.scene_list import SceneListDataset
 from datasets.types import DatasetInfo, Scene
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,14 @@ def read_split_list(meta_dir: str | pathlib.Path, split: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-class _ScanNetSplits:
-    """Split lists and the dataset protocol; subclasses say where a scene is and how to read it."""
+class _ScanNetSplits(SceneListDataset):
+    """Scenes from the split lists; subclasses say where a scene is and how to read it."""
 
     info: DatasetInfo = SCANNET_INFO
 
     def __init__(self, meta_dir: str, splits: tuple[str, ...], skip_missing: bool):
-        self.splits = tuple(splits)
-        self._ids: dict[str, list[str]] = {}
-        for split in self.splits:
+        self.scene_ids: dict[str, list[str]] = {}
+        for split in splits:
             listed = read_split_list(meta_dir, split)
             present = [s for s in listed if self._present(s)]
             missing = [s for s in listed if s not in set(present)]
@@ -47,41 +46,13 @@ class _ScanNetSplits:
                 if not skip_missing:
                     raise FileNotFoundError(msg + "; pass skip_missing=True to use the others")
                 log.warning("%s; skipped", msg)
-            self._ids[split] = present
+            self.scene_ids[split] = present
 
     def _present(self, scene_id: str) -> bool:
         raise NotImplementedError
 
     def _where(self) -> str:
         raise NotImplementedError
-
-    def _read(self, scene_id: str) -> Scene:
-        raise NotImplementedError
-
-    def _check_split(self, split: str) -> str:
-        if split not in self._ids:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
-        return split
-
-    def num_scenes(self, split: str) -> int:
-        """Number of (present) scenes in ``split``."""
-        return len(self._ids[self._check_split(split)])
-
-    def scene_id(self, split: str, index: int) -> str:
-        """ScanNet id of a scene, e.g. ``scene0000_00``."""
-        ids = self._ids[self._check_split(split)]
-        if not 0 <= index < len(ids):
-            raise IndexError(f"scene index {index} out of range for split {split!r} with {len(ids)} scenes")
-        return ids[index]
-
-    def scene(self, split: str, index: int) -> Scene:
-        """Read one scene from disk."""
-        return self._read(self.scene_id(split, index))
-
-    def scenes(self, split: str) -> Iterator[Scene]:
-        """Lazily read the scenes of ``split`` in list order (one in memory at a time)."""
-        for index in range(self.num_scenes(split)):
-            yield self.scene(split, index)
 
 
 @gin.register
@@ -108,7 +79,7 @@ class ScanNetExport(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.root)
 
-    def _read(self, scene_id: str) -> Scene:
+    def read_scene(self, scene_id: str) -> Scene:
         return read_export_scene(self.root, scene_id, self.use_bbox_file)
 
 
@@ -127,7 +98,7 @@ class ScanNetBin(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.root / "points")
 
-    def _read(self, scene_id: str) -> Scene:
+    def read_scene(self, scene_id: str) -> Scene:
         return read_bin_scene(self.root, scene_id)
 
 
@@ -148,5 +119,5 @@ class ScanNetRaw(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.scans_root)
 
-    def _read(self, scene_id: str) -> Scene:
+    def read_scene(self, scene_id: str) -> Scene:
         return read_raw_scene(self.scans_root, scene_id, self.label_map_tsv)

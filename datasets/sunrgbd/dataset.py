@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import collections
 import pathlib
-from typing import Iterator
 
 import gin
 import numpy as np
 
+from datasets.scene_list import SceneListDataset
 from datasets.sunrgbd.camera import SunRgbdError
 from datasets.sunrgbd.labels import SUNRGBD_INFO, read_votenet_boxes
 from datasets.sunrgbd.votenet import LAYOUT, read_votenet_points, votenet_frame
@@ -30,7 +30,7 @@ def read_index_list(path: pathlib.Path) -> list[int]:
 
 
 @gin.register
-class SunRgbdVotenet:
+class SunRgbdVotenet(SceneListDataset):
     """SUN RGB-D frames from a votenet ``sunrgbd_trainval`` folder; each scene is one RGB-D frame.
 
     Scenes carry the frame's upright points (world frame = upright depth frame, z up), colours, the 10-class
@@ -42,40 +42,19 @@ class SunRgbdVotenet:
         source: points, "depth" (every valid pixel, depth/*.mat) or "lidar" (50k subset, lidar/*.npz).
     """
 
-    splits: tuple[str, ...] = tuple(_SPLIT_FILES)
-
     def __init__(self, root: str | pathlib.Path, labels: str = "label", source: str = "depth"):
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise SunRgbdError(f"{self.root}: SUN RGB-D root folder not found (expected {LAYOUT})")
         self.labels, self.source = labels, source
         self.info = SUNRGBD_INFO
-        self._indices = {split: read_index_list(self.root / name) for split, name in _SPLIT_FILES.items()}
+        self.scene_ids = {split: [f"sunrgbd-{i:06d}" for i in read_index_list(self.root / name)]
+                          for split, name in _SPLIT_FILES.items()}
         self.dropped_names: collections.Counter = collections.Counter()  # raw classes outside the 10, so far
 
-    def _check_split(self, split: str) -> list[int]:
-        if split not in self._indices:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
-        return self._indices[split]
-
-    def num_scenes(self, split: str) -> int:
-        """Number of frames in ``split``."""
-        return len(self._check_split(split))
-
-    def frame_index(self, split: str, index: int) -> int:
-        """The SUN RGB-D frame number of the ``index``-th scene of ``split``."""
-        indices = self._check_split(split)
-        if not 0 <= index < len(indices):
-            raise IndexError(f"scene index {index} out of range for split {split!r} with {len(indices)} frames")
-        return indices[index]
-
-    def scene_id(self, split: str, index: int) -> str:
-        """Identifier of a scene, e.g. ``sunrgbd-000001``."""
-        return f"sunrgbd-{self.frame_index(split, index):06d}"
-
-    def scene(self, split: str, index: int) -> Scene:
-        """Load one frame as a ``Scene``."""
-        number = self.frame_index(split, index)
+    def read_scene(self, scene_id: str) -> Scene:
+        """Load one frame (``sunrgbd-NNNNNN``) as a ``Scene``."""
+        number = int(scene_id.rsplit("-", 1)[1])
         points = read_votenet_points(self.root, number, self.source)
         boxes, labels = read_votenet_boxes(self.root / self.labels / f"{number:06d}.txt", self.dropped_names)
         n = len(points)
@@ -90,8 +69,3 @@ class SunRgbdVotenet:
             box_instance=np.zeros(len(labels), dtype=np.int32),
             frames=[votenet_frame(self.root, number, points)],
         )
-
-    def scenes(self, split: str) -> Iterator[Scene]:
-        """Lazily load the scenes of ``split`` in index order (one in memory at a time)."""
-        for index in range(self.num_scenes(split)):
-            yield self.scene(split, index)

@@ -72,7 +72,7 @@ def test_bin_dataset_splits(real_data):
     scenes = ds.scenes("train")
     assert isinstance(scenes, types.GeneratorType)
     assert next(scenes).num_points == 100
-    assert S3DISBin(real_data / FIXTURE, val_area=1).rooms == {"train": [], "val": [ROOM]}
+    assert S3DISBin(real_data / FIXTURE, val_area=1).scene_ids == {"train": [], "val": [ROOM]}
     with pytest.raises(ValueError, match="unknown split"):
         ds.num_scenes("test")
 
@@ -135,11 +135,11 @@ def test_raw_dataset_splits(tmp_path):
     for area, name in [(1, "office_1"), (1, "office_2"), (5, "office_1"), (6, "lobby_1")]:
         write_room(tmp_path / f"Area_{area}" / name, {"chair_1.txt": CHAIR})
     ds = S3DISRaw(tmp_path)
-    assert ds.rooms == {"train": ["Area_1_office_1", "Area_1_office_2", "Area_6_lobby_1"], "val": ["Area_5_office_1"]}
+    assert ds.scene_ids == {"train": ["Area_1_office_1", "Area_1_office_2", "Area_6_lobby_1"], "val": ["Area_5_office_1"]}
     scene = ds.scene("val", 0)
     assert scene.scene_id == "Area_5_office_1" and scene.num_points == 3
-    assert [s.scene_id for s in ds.scenes("train")] == ds.rooms["train"]
-    assert S3DISRaw(tmp_path, val_area=6).rooms["val"] == ["Area_6_lobby_1"]
+    assert [s.scene_id for s in ds.scenes("train")] == ds.scene_ids["train"]
+    assert S3DISRaw(tmp_path, val_area=6).scene_ids["val"] == ["Area_6_lobby_1"]
 
 
 def test_area_of():
