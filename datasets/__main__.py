@@ -1,7 +1,7 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
-    python -m datasets verify --kind {synthetic,s3dis,scannet} [--root DIR] [--layout {auto,bin,raw}] [--limit N] [--json]
+    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw}] [--limit N] [--json]
 
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
 and a top view of the fused scene to DIR, printing their paths.

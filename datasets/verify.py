@@ -244,6 +244,20 @@ def verify_s3dis(root: pathlib.Path | None, *, layout: str = "auto", limit: int 
     return finish_report(report)
 
 
+def verify_sunrgbd(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None) -> dict:
+    """Check a SUN RGB-D VoteNet export (``sunrgbd_trainval``): split files, then every frame's points,
+    image, calib and labels load into a valid scene with its frame."""
+    from datasets.sunrgbd import SunRgbdVotenet
+
+    report = new_report("sunrgbd", root, "votenet" if layout == "auto" else layout)
+    try:
+        dataset = SunRgbdVotenet(root)
+    except (OSError, ValueError) as exc:
+        add_problem(report, one_line(exc))
+        return finish_report(report)
+    return verify_dataset(report, dataset, limit)
+
+
 def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[str, list[str]]:
     """Scene ids per split from ``scannetv2_<split>.txt`` (in ``meta_dir``, ``root/meta_data`` or
     ``root/../meta_data``); without split lists, every exported scene under the split name "all"."""
@@ -289,7 +303,7 @@ def _scannet_file(root: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
 
 
 VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3dis": verify_s3dis,
-                                             "scannet": verify_scannet}
+                                             "scannet": verify_scannet, "sunrgbd": verify_sunrgbd}
 
 
 def format_report(report: dict) -> str:

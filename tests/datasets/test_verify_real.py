@@ -1,4 +1,4 @@
-"""`python -m datasets verify --kind scannet` on the real export excerpt and on a broken copy."""
+"""`python -m datasets verify` for ScanNet and SUN RGB-D on the real excerpts and on broken copies."""
 from __future__ import annotations
 
 import json
@@ -26,9 +26,9 @@ def _copy(real_data, tmp_path, scenes=("scene0000_00", "scene0000_01")):
     return root
 
 
-def _verify(root, *extra):
-    result = subprocess.run([sys.executable, "-m", "datasets", "verify", "--kind", "scannet", "--root", str(root),
-                             "--json", *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+def _verify(root, kind="scannet"):
+    result = subprocess.run([sys.executable, "-m", "datasets", "verify", "--kind", kind, "--root", str(root),
+                             "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -53,3 +53,15 @@ def test_verify_reports_truncated_and_wrong_dtype_files(real_data, tmp_path):
     assert code != 0
     assert "truncated" in messages["scene0000_00"]
     assert "scene0000_01" in messages
+
+
+def test_verify_sunrgbd_reports_frames_and_a_missing_calib(real_data, tmp_path):
+    root = tmp_path / "sunrgbd_trainval"
+    shutil.copytree(real_data / "sunrgbd" / "mmdet3d_9e39d46" / "sunrgbd_trainval", root)
+    code, report = _verify(root, "sunrgbd")
+    assert code == 0 and len(report["scenes"]) == 4
+    assert all(row["points"] > 200_000 and row["boxes"] >= 1 for row in report["scenes"])
+    (root / "calib" / "000003.txt").unlink()
+    code, report = _verify(root, "sunrgbd")
+    assert code != 0 and any("000003" in p["message"] and "calib" in p["message"] for p in report["problems"])
+
