@@ -121,7 +121,7 @@ class Dinov2Teacher(Teacher):
         if self._model is None:
             self._model = self._load()
         h, w = self.input_hw(frame.hw)
-        image = torch.from_numpy(np.ascontiguousarray(frame.rgb)).permute(2, 0, 1)[None].float() / 255.0
+        image = torch.from_numpy(np.array(frame.rgb, copy=True)).permute(2, 0, 1)[None].float() / 255.0  # images may be read-only
         image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         image = (image - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
         tokens = self._model(pixel_values=image.to(self.device)).last_hidden_state[0, self.num_prefix_tokens:]
