@@ -275,6 +275,7 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
     """Check a ScanNet VoteNet/mmdet3d export root: every scene of the split lists has its ``.npy`` files
     with sound headers, and loads into a valid ``Scene`` (a scene missing from disk is a problem)."""
     from datasets.scannet import SCANNET_INFO, read_export_scene
+    from datasets.scannet.readers import export_path
 
     report = new_report("scannet", root, "export" if layout == "auto" else layout)
     if root is None or not pathlib.Path(root).is_dir():
@@ -287,7 +288,7 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
     root = pathlib.Path(root)
     for split, scene_ids in _scannet_splits(root, meta_dir).items():
         for scene_id in scene_ids[:limit]:
-            files = [_scannet_file(root, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
+            files = [export_path(root, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
             header = [m for path in files for m in npy_problems(path)]
             if header:
                 report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
@@ -295,11 +296,6 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
             report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: read_export_scene(root, s),
                                                 SCANNET_INFO))
     return finish_report(report)
-
-
-def _scannet_file(root: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
-    full = root / f"{scene_id}_{key}_all.npy"
-    return full if full.is_file() else root / f"{scene_id}_{key}.npy"
 
 
 VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3dis": verify_s3dis,

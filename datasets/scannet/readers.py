@@ -122,7 +122,8 @@ def scene_from_arrays(scene_id: str, xyzrgb: np.ndarray, nyu40: np.ndarray, inst
     )
 
 
-def _export_path(folder: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
+def export_path(folder: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
+    """The ``<scene>_<key>[_all].npy`` file of an export folder (``_all`` preferred)."""
     # The "_all" files hold every mesh vertex; the plain ones are votenet's 50k subsample. Prefer "_all".
     full = folder / f"{scene_id}_{key}_all.npy"
     return full if full.is_file() else folder / f"{scene_id}_{key}.npy"
@@ -130,7 +131,7 @@ def _export_path(folder: pathlib.Path, scene_id: str, key: str) -> pathlib.Path:
 
 def export_scene_present(folder: str | pathlib.Path, scene_id: str) -> bool:
     """Whether the points file of ``scene_id`` exists in a votenet/mmdet3d export folder."""
-    return _export_path(pathlib.Path(folder), scene_id, "vert").is_file()
+    return export_path(pathlib.Path(folder), scene_id, "vert").is_file()
 
 
 def read_export_scene(folder: str | pathlib.Path, scene_id: str, use_bbox_file: bool = True) -> Scene:
@@ -140,10 +141,10 @@ def read_export_scene(folder: str | pathlib.Path, scene_id: str, use_bbox_file: 
     ``use_bbox_file``; otherwise boxes are the min/max of each detection-class instance.
     """
     folder = pathlib.Path(folder)
-    vert = load_npy(_export_path(folder, scene_id, "vert"), EXPORT_LAYOUT, 2, cols=6)
+    vert = load_npy(export_path(folder, scene_id, "vert"), EXPORT_LAYOUT, 2, cols=6)
     n = len(vert)
-    sem = load_npy(_export_path(folder, scene_id, "sem_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
-    ins = load_npy(_export_path(folder, scene_id, "ins_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
+    sem = load_npy(export_path(folder, scene_id, "sem_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
+    ins = load_npy(export_path(folder, scene_id, "ins_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
     boxes = None
     bbox_path = folder / f"{scene_id}_bbox.npy"
     if use_bbox_file and bbox_path.is_file():
