@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from bench.errors import DataError
 from datasets.types import DatasetInfo, Scene
+
+# What readers raise for a missing, unreadable or malformed file; their messages already name the file
+# and the expected layout, so the CLI can print them as one line instead of a traceback.
+READ_ERRORS = (OSError, ValueError, EOFError)
 
 
 class SceneListDataset:
@@ -38,8 +43,14 @@ class SceneListDataset:
         return ids[index]
 
     def scene(self, split: str, index: int) -> Scene:
-        """Read one scene from disk."""
-        return self.read_scene(self.scene_id(split, index))
+        """Read one scene from disk; a reader's file error becomes a one-line ``DataError``."""
+        scene_id = self.scene_id(split, index)
+        try:
+            return self.read_scene(scene_id)
+        except DataError:
+            raise
+        except READ_ERRORS as e:
+            raise DataError(f"{type(self).__name__} scene {scene_id!r}: {e}") from e
 
     def scenes(self, split: str) -> Iterator[Scene]:
         """Lazily read the scenes of ``split`` in order (one in memory at a time)."""

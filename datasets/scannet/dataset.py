@@ -34,7 +34,8 @@ class _ScanNetSplits(SceneListDataset):
 
     info: DatasetInfo = SCANNET_INFO
 
-    def __init__(self, meta_dir: str, splits: tuple[str, ...], skip_missing: bool):
+    def __init__(self, meta_dir: str, splits: tuple[str, ...], skip_missing: bool, frames):
+        self.frames = frames
         self.scene_ids: dict[str, list[str]] = {}
         for split in splits:
             listed = read_split_list(meta_dir, split)
@@ -47,6 +48,15 @@ class _ScanNetSplits(SceneListDataset):
                     raise FileNotFoundError(msg + "; pass skip_missing=True to use the others")
                 log.warning("%s; skipped", msg)
             self.scene_ids[split] = present
+
+    def read_scene(self, scene_id: str) -> Scene:
+        scene = self._read_points(scene_id)
+        if self.frames is not None:
+            scene.frames = self.frames(scene)
+        return scene
+
+    def _read_points(self, scene_id: str) -> Scene:
+        raise NotImplementedError
 
     def _present(self, scene_id: str) -> bool:
         raise NotImplementedError
@@ -65,13 +75,16 @@ class ScanNetExport(_ScanNetSplits):
         splits: split names to load lists for.
         skip_missing: drop listed scenes absent from ``root`` (logged) instead of raising.
         use_bbox_file: take boxes from ``<scene>_bbox.npy`` when present (else from the instances).
+        frames: a frame source (``@SensFrames()``, ``@PosedImageFrames()``) giving each scene its frames,
+            which pretraining needs; None = scenes without frames.
     """
 
     def __init__(self, root: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
-                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False, use_bbox_file: bool = True):
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False, use_bbox_file: bool = True,
+                 frames=None):
         self.root = pathlib.Path(root)
         self.use_bbox_file = bool(use_bbox_file)
-        super().__init__(meta_dir, splits, skip_missing)
+        super().__init__(meta_dir, splits, skip_missing, frames)
 
     def _present(self, scene_id: str) -> bool:
         return export_scene_present(self.root, scene_id)
@@ -79,18 +92,21 @@ class ScanNetExport(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.root)
 
-    def read_scene(self, scene_id: str) -> Scene:
+    def _read_points(self, scene_id: str) -> Scene:
         return read_export_scene(self.root, scene_id, self.use_bbox_file)
 
 
 @gin.register
 class ScanNetBin(_ScanNetSplits):
-    """mmdet3d v1.x layout: ``points/``, ``semantic_mask/``, ``instance_mask/`` ``<scene>.bin`` under ``root``."""
+    """mmdet3d v1.x layout: ``points/``, ``semantic_mask/``, ``instance_mask/`` ``<scene>.bin`` under ``root``.
+
+    ``frames``: a frame source, as for ``ScanNetExport``.
+    """
 
     def __init__(self, root: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
-                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False):
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False, frames=None):
         self.root = pathlib.Path(root)
-        super().__init__(meta_dir, splits, skip_missing)
+        super().__init__(meta_dir, splits, skip_missing, frames)
 
     def _present(self, scene_id: str) -> bool:
         return bin_scene_present(self.root, scene_id)
@@ -98,20 +114,24 @@ class ScanNetBin(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.root / "points")
 
-    def read_scene(self, scene_id: str) -> Scene:
+    def _read_points(self, scene_id: str) -> Scene:
         return read_bin_scene(self.root, scene_id)
 
 
 @gin.register
 class ScanNetRaw(_ScanNetSplits):
-    """Raw ScanNet v2 ``scans/<scene>/`` folders plus ``scannetv2-labels.combined.tsv``; axis-aligned points."""
+    """Raw ScanNet v2 ``scans/<scene>/`` folders plus ``scannetv2-labels.combined.tsv``; axis-aligned points.
+
+    ``frames``: a frame source, as for ``ScanNetExport`` (``@SensFrames()`` with
+    ``SensFrames.alignment_root`` = ``scans_root``).
+    """
 
     def __init__(self, scans_root: str = gin.REQUIRED, label_map_tsv: str = gin.REQUIRED, meta_dir: str = gin.REQUIRED,
-                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False):
+                 splits: tuple[str, ...] = ("train", "val"), skip_missing: bool = False, frames=None):
         self.scans_root = pathlib.Path(scans_root)
         self.label_map_tsv = pathlib.Path(label_map_tsv)
         read_label_map(self.label_map_tsv)  # fail at construction, not at the first scene
-        super().__init__(meta_dir, splits, skip_missing)
+        super().__init__(meta_dir, splits, skip_missing, frames)
 
     def _present(self, scene_id: str) -> bool:
         return raw_scene_present(self.scans_root, scene_id)
@@ -119,5 +139,5 @@ class ScanNetRaw(_ScanNetSplits):
     def _where(self) -> str:
         return str(self.scans_root)
 
-    def read_scene(self, scene_id: str) -> Scene:
+    def _read_points(self, scene_id: str) -> Scene:
         return read_raw_scene(self.scans_root, scene_id, self.label_map_tsv)

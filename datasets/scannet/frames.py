@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from datasets.frame_sequence import LazyFrames
 from datasets.geometry import project, zbuffer
 from datasets.safe_pickle import load_pickle
 from datasets.types import IGNORE_INDEX, Frame, Scene
@@ -20,6 +21,8 @@ from datasets.types import IGNORE_INDEX, Frame, Scene
 log = logging.getLogger(__name__)
 SENS_LAYOUT = ("<scene>/color/<i>.jpg, depth/<i>.png (uint16 mm), pose/<i>.txt (4x4 camera-to-world), "
                "intrinsic/intrinsic_color.txt, intrinsic/intrinsic_depth.txt")
+
+POSED_LAYOUT = "img_paths of the infos pkl, relative to its folder (mmdet3d: posed_images/<scene>/<i>.jpg)"
 
 
 class FrameList(list):
@@ -40,9 +43,9 @@ def _load_matrix(path: pathlib.Path, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _load_image(path: pathlib.Path, mode: str | None) -> np.ndarray:
+def _load_image(path: pathlib.Path, mode: str | None, layout: str = SENS_LAYOUT) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"missing image {path} (expected layout: {SENS_LAYOUT})")
+        raise FileNotFoundError(f"missing image {path} (expected layout: {layout})")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert(mode) if mode else im)
@@ -64,12 +67,16 @@ def resample_color(rgb: np.ndarray, k_color: np.ndarray, k_depth: np.ndarray, de
     return rgb[v[:, None], u[None, :]]
 
 
-def read_sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_scale: float = 1000.0) -> FrameList:
-    """Frames of a ``.sens`` export (SensReader layout), keeping one frame in ``every`` (sorted ids).
+def sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_scale: float = 1000.0,
+                align: np.ndarray | None = None) -> LazyFrames:
+    """Frames of a ``.sens`` export (SensReader layout), keeping one frame in ``every`` (sorted ids),
+    read lazily: the poses are read now, each frame's images when the frame is used.
 
     Frames are at depth resolution with the depth intrinsics; when the colour image has another size
     it is resampled onto the depth grid (``resample_color``). Frames with a non-finite pose (ScanNet
-    marks lost tracking with inf/NaN) are skipped and counted in ``num_invalid_pose``.
+    marks lost tracking with inf/NaN) are skipped and counted in ``num_invalid_pose``. ``align``
+    (4x4, e.g. the scene's ``axisAlignment``) is applied to every pose, so frames share the frame of
+    axis-aligned scene points.
     """
     folder = pathlib.Path(scene_folder)
     if every < 1:
@@ -79,13 +86,20 @@ def read_sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_sc
         raise FileNotFoundError(f"missing folder {color_dir} (expected layout: {SENS_LAYOUT})")
     k_color = _load_matrix(folder / "intrinsic" / "intrinsic_color.txt", (4, 4))[:3, :3]
     k_depth = _load_matrix(folder / "intrinsic" / "intrinsic_depth.txt", (4, 4))[:3, :3]
-    ids = sorted((p.stem for p in color_dir.glob("*.jpg") if p.stem.isdigit()), key=int)[::every]
-    frames = FrameList()
-    for i in ids:
+    listed = sorted((p.stem for p in color_dir.glob("*.jpg") if p.stem.isdigit()), key=int)[::every]
+    align = np.eye(4) if align is None else np.asarray(align, dtype=np.float64)
+    ids, poses = [], []
+    for i in listed:
         pose = _load_matrix(folder / "pose" / f"{i}.txt", (4, 4))
-        if not np.all(np.isfinite(pose)):
-            frames.num_invalid_pose += 1
-            continue
+        if np.all(np.isfinite(pose)):
+            ids.append(i)
+            poses.append(align @ pose)
+    num_invalid = len(listed) - len(ids)
+    if num_invalid:
+        log.warning("%s: skipped %d of %d frames with an invalid (inf/NaN) pose", folder, num_invalid, len(listed))
+
+    def load(index: int) -> Frame:
+        i = ids[index]
         depth_raw = _load_image(folder / "depth" / f"{i}.png", None)
         if depth_raw.ndim != 2 or depth_raw.dtype.kind not in "ui":
             raise ValueError(f"{folder / 'depth' / f'{i}.png'}: expected a 16-bit single-channel PNG, "
@@ -93,10 +107,20 @@ def read_sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_sc
         rgb = _load_image(color_dir / f"{i}.jpg", "RGB")
         if rgb.shape[:2] != depth_raw.shape:
             rgb = resample_color(rgb, k_color, k_depth, depth_raw.shape)
-        frames.append(Frame(frame_id=f"{folder.name}-{i}", rgb=np.ascontiguousarray(rgb),
-                            depth=(depth_raw.astype(np.float32) / depth_scale), intrinsics=k_depth.copy(), pose=pose))
-    if frames.num_invalid_pose:
-        log.warning("%s: skipped %d of %d frames with an invalid (inf/NaN) pose", folder, frames.num_invalid_pose, len(ids))
+        return Frame(frame_id=f"{folder.name}-{i}", rgb=np.ascontiguousarray(rgb),
+                     depth=(depth_raw.astype(np.float32) / depth_scale), intrinsics=k_depth.copy(),
+                     pose=poses[index].copy())
+
+    frames = LazyFrames([f"{folder.name}-{i}" for i in ids], load)
+    frames.num_invalid_pose = num_invalid
+    return frames
+
+
+def read_sens_frames(scene_folder: str | pathlib.Path, every: int = 25, depth_scale: float = 1000.0) -> FrameList:
+    """All kept frames of a ``.sens`` export, read now (``sens_frames`` reads them on use)."""
+    lazy = sens_frames(scene_folder, every, depth_scale)
+    frames = FrameList(lazy)
+    frames.num_invalid_pose = lazy.num_invalid_pose
     return frames
 
 
@@ -133,22 +157,35 @@ def posed_frames_from_infos(infos_path: str | pathlib.Path, scene: Scene, splat_
                             info_index: int | None = None) -> list[Frame]:
     """Frames of ``scene`` from an mmdet3d v0.x multi-view ``scannet_infos.pkl`` (``posed_images/``).
 
-    The info of ``scene.scene_id`` is used (or ``info_index``). Poses in the pkl are camera-to-world
-    in ScanNet's original frame; ``scene`` is axis-aligned, so the returned poses are
-    ``axis_align_matrix @ pose`` (projection is unchanged, and the frames share the scene's frame).
+    The info of ``scene.scene_id`` is used (or ``info_index``); see ``posed_frames_from_info``.
     """
     infos_path = pathlib.Path(infos_path)
-    infos = load_pickle(infos_path)
-    info = _pick_info(infos, infos_path, scene.scene_id, info_index)
+    info = _pick_info(load_pickle(infos_path), infos_path, scene.scene_id, info_index)
+    return list(posed_frames_from_info(info, infos_path, scene, splat_px))
+
+
+def posed_frames_from_info(info: dict, infos_path: pathlib.Path, scene: Scene, splat_px: int = 0) -> LazyFrames:
+    """Frames of ``scene`` from one multi-view info, each read when used (image paths are relative to
+    the pkl's folder). Poses in the pkl are camera-to-world in ScanNet's original frame; ``scene`` is
+    axis-aligned, so the returned poses are ``axis_align_matrix @ pose`` (projection is unchanged, and
+    the frames share the scene's frame). Depth and labels come from z-buffering the scene's points.
+    """
     try:
         align = np.asarray(info["annos"]["axis_align_matrix"], dtype=np.float64)
-        k, poses, paths = np.asarray(info["intrinsics"], dtype=np.float64), info["extrinsics"], info["img_paths"]
-    except (KeyError, TypeError):
+        k, paths = np.asarray(info["intrinsics"], dtype=np.float64), list(info["img_paths"])
+        poses = [align @ np.asarray(p, dtype=np.float64) for p in info["extrinsics"]]
+    except (KeyError, TypeError, ValueError):
         raise ValueError(f"{infos_path}: info needs intrinsics, extrinsics, img_paths, annos.axis_align_matrix") from None
-    images = [_load_image(infos_path.parent / p, "RGB") for p in paths]
-    poses = [align @ np.asarray(p, dtype=np.float64) for p in poses]
+    if len(poses) != len(paths):
+        raise ValueError(f"{infos_path}: {len(paths)} img_paths for {len(poses)} extrinsics")
     ids = [f"{scene.scene_id}-{pathlib.Path(p).stem}" for p in paths]
-    return frames_from_posed_images(scene.points, scene.semantic, scene.instance, images, k, poses, ids, splat_px)
+
+    def load(index: int) -> Frame:
+        rgb = _load_image(pathlib.Path(infos_path).parent / paths[index], "RGB", POSED_LAYOUT)
+        return frames_from_posed_images(scene.points, scene.semantic, scene.instance, [rgb], k, [poses[index]],
+                                        [ids[index]], splat_px)[0]
+
+    return LazyFrames(ids, load)
 
 
 def _pick_info(infos: object, path: pathlib.Path, scene_id: str, index: int | None) -> dict:

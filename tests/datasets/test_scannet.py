@@ -14,13 +14,16 @@ from scipy.spatial import cKDTree
 
 from datasets.geometry import backproject, points_in_boxes, project
 from datasets.safe_pickle import load_pickle
+from bench.errors import DataError
 from datasets.scannet import (
     DET_CLASSES,
     SCANNET_INFO,
     SEG_CLASSES,
+    PosedImageFrames,
     ScanNetBin,
     ScanNetExport,
     ScanNetRaw,
+    SensFrames,
     frames_from_posed_images,
     nyu40_to_det,
     nyu40_to_seg,
@@ -30,6 +33,7 @@ from datasets.scannet import (
     read_ply_vertices,
     read_raw_scene,
     read_sens_frames,
+    sens_frames,
     zbuffer,
 )
 from datasets.types import IGNORE_INDEX
@@ -310,6 +314,58 @@ def test_sens_frames(tmp_path):
     (tmp_path / "scene0001_00" / "depth" / "3.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"depth/3\.png"):
         read_sens_frames(tmp_path / "scene0001_00", every=1)
+
+
+def test_sens_frames_are_read_lazily_and_aligned(tmp_path):
+    _write_sens(tmp_path / "scene0001_00")
+    align = np.array([[0, -1, 0, 1.0], [1, 0, 0, 2.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])
+    frames = sens_frames(tmp_path / "scene0001_00", every=1, align=align)
+    (tmp_path / "scene0001_00" / "depth" / "3.png").unlink()  # listing read only the poses
+    assert len(frames) == 3 and frames.frame_ids[-1] == "scene0001_00-3" and frames.num_invalid_pose == 1
+    np.testing.assert_allclose(frames[0].pose, align)
+    assert [f.frame_id for f in frames[:2]] == ["scene0001_00-0", "scene0001_00-1"]
+    with pytest.raises(FileNotFoundError, match=r"depth/3\.png"):
+        frames[-1]
+
+
+def test_sens_frame_source_on_a_raw_dataset(tmp_path):
+    tsv, _ = _write_raw_scene(tmp_path / "scans")
+    _write_sens(tmp_path / "frames" / "scene0001_00")
+    (tmp_path / "scannetv2_train.txt").write_text("scene0001_00\n")
+    source = SensFrames(tmp_path / "frames", every=2, alignment_root=tmp_path / "scans")
+    ds = ScanNetRaw(tmp_path / "scans", tsv, tmp_path, splits=("train",), frames=source)
+    scene = ds.scene("train", 0)
+    assert [f.frame_id for f in scene.frames] == ["scene0001_00-0"]
+    np.testing.assert_allclose(scene.frames[0].pose[:3, 3], [10, 20, 30])  # the scan's axisAlignment
+    xyz, _ = backproject(scene.frames[0].depth, scene.frames[0].intrinsics, scene.frames[0].pose)
+    np.testing.assert_allclose(xyz[:, 2], 30 + 1.5, atol=1e-6)  # depth 1.5 m along +z, shifted with the scene
+    no_alignment = ScanNetRaw(tmp_path / "scans", tsv, tmp_path, splits=("train",),
+                              frames=SensFrames(tmp_path / "frames"))
+    with pytest.raises(DataError, match=r"scene0001_00\.txt.*axisAlignment.*SensFrames\.alignment_root"):
+        no_alignment.scene("train", 0)
+
+
+def test_posed_image_frame_source(real_data, tmp_path):
+    source = PosedImageFrames(real_data / POSED / "scannet_infos.pkl")
+    ds = ScanNetExport(real_data / EXPORT / "scannet_train_instance_data", real_data / EXPORT / "meta_data",
+                       frames=source)
+    train = ds.scene("train", 0)
+    assert len(train.frames) == 3 and train.frames[1].frame_id == f"{SCENE}-00011"
+    assert train.frames[1].depth.shape == (968, 1296) and (train.frames[1].depth > 0).sum() > 3000
+    assert len(ds.scene("val", 0).frames) == 0  # scene0000_02 has no posed images in the pkl
+    strict = ScanNetExport(real_data / EXPORT / "scannet_train_instance_data", real_data / EXPORT / "meta_data",
+                           frames=PosedImageFrames(real_data / POSED / "scannet_infos.pkl", missing_ok=False))
+    with pytest.raises(DataError, match="no info with point_cloud.lidar_idx == 'scene0000_02'"):
+        strict.scene("val", 0)
+
+
+def test_malformed_scene_file_is_one_data_error(tmp_path):
+    _write_export(tmp_path)
+    (tmp_path / "scannetv2_train.txt").write_text("s\n")
+    np.save(tmp_path / "s_sem_label.npy", np.zeros(2, np.uint32))
+    ds = ScanNetExport(tmp_path, tmp_path, splits=("train",))
+    with pytest.raises(DataError, match=r"ScanNetExport scene 's': .*s_sem_label\.npy: shape \(2,\), expected \(4,\)"):
+        ds.scene("train", 0)
 
 
 def test_zbuffer_keeps_nearest():
