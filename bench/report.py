@@ -20,12 +20,16 @@ from bench.tables import TableSpec, build_table, load_paper_table, records_from_
 def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float) -> dict:
     """What every table prints under itself: checkpoint rule, seeds, profile, data, teacher, masks, machine."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    simulated = info.name == "synthetic"
+    pretraining = notes.get("pretraining data", "")
+    simulated = info.name == "synthetic" or pretraining.startswith("synthetic/")
+    dataset = f"{info.name} (simulation)" if info.name == "synthetic" else info.name
+    if pretraining and pretraining.split("/")[0] != info.name:  # e.g. the paper's ScanNet frames for S3DIS
+        dataset += f"; pretraining frames: {pretraining}"
     return {
         "checkpoint": "last epoch (no selection on the evaluation split)",
         "seeds": ", ".join(str(s) for s in seeds),
         "profile": profile,
-        "dataset": f"{info.name} (simulation)" if simulated else info.name,
+        "dataset": dataset,
         "teacher": notes.get("teacher", "none (no row pretrains)"),
         "masks": notes.get("masks", "none (no row pretrains)"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}",

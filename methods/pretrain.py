@@ -13,6 +13,7 @@ import pathlib
 import gin
 import torch
 
+from bench.distributed import main_first
 from bench.fingerprint import fingerprint
 from methods.batching import TokenizedFrames, collate
 from methods.train import TrainSchedule, train
@@ -76,15 +77,30 @@ class PretrainRow:
 
     Its metrics are each stage's first and last epoch losses; the pretrained encoder is what a
     fine-tuning row (``FinetuneRow.pretrain``) starts from.
+
+    Args:
+      preparation: the ``FramePreparation`` (masks, teacher features, sampled points per frame).
+      stage: the last ``PretrainStage`` of the chain (it names the stages before it).
+      dataset: where the pretraining frames come from; None = the experiment's dataset. The paper
+        pretrains once on ScanNet frames and fine-tunes on ScanNet, SUN RGB-D and S3DIS, which is
+        ``PretrainRow.dataset = @pretrain/ScanNetExport()`` under another ``Experiment.dataset``.
+      split: the split of ``dataset`` whose frames are used; None = the experiment's train split.
     """
 
-    def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED):
+    def __init__(self, preparation=gin.REQUIRED, stage: PretrainStage = gin.REQUIRED, dataset=None,
+                 split: str | None = None):
         self.preparation = preparation
         self.stage = stage
+        self.dataset = dataset
+        self.split = split
 
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
-        prepared = self.preparation.prepare(context.dataset, context.train_split, context.cache_root)
+        dataset = context.dataset if self.dataset is None else self.dataset
+        split = context.train_split if self.split is None else self.split
+        with main_first():  # under torchrun rank 0 fills the cache, then the other ranks read it
+            prepared = self.preparation.prepare(dataset, split, context.cache_root)
+        context.notes.setdefault("pretraining data", f"{dataset.info.name}/{split}")
         context.notes.setdefault("teacher", self.preparation.teacher.description)
         context.notes.setdefault("masks", self.preparation.mask_source.description)
         result = self.stage.run(prepared, prepared.folder.name, context.cache_root, context.seed)

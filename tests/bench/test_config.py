@@ -17,7 +17,9 @@ def test_there_are_shipped_gin_files():
 # Values a user must give for real data and weights (%gin.REQUIRED in the shipped files).
 REQUIRED_VALUES = ["SamMaskSource.checkpoint = '/models/sam_vit_h.pth'", "Dinov2Teacher.model_dir = '/models/dinov2'",
                    "ScanNetExport.root = '/data/scannet'", "ScanNetExport.meta_dir = '/data/scannet/meta_data'",
-                   "S3DISBin.root = '/data/s3dis'", "SunRgbdVotenet.root = '/data/sunrgbd/sunrgbd_trainval'"]
+                   "S3DISBin.root = '/data/s3dis'", "SunRgbdVotenet.root = '/data/sunrgbd/sunrgbd_trainval'",
+                   "SensFrames.root = '/data/scannet/frames'", "SensFrames.alignment_root = '/data/scannet/scans'"]
+PAPER_LEAVES = [name for name in SHIPPED if name.startswith("tables/") and "_paper" in name]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -37,6 +39,29 @@ def test_leaf_files_build_the_experiment(name):
     parse_config([f"gin/{name}"], ["SyntheticIndoor.num_train = 1"])
     experiment = Experiment()
     assert experiment.rows and experiment.tasks and experiment.dataset.info.name == "synthetic"
+
+
+@pytest.mark.parametrize("name", PAPER_LEAVES)
+def test_paper_leaves_pretrain_on_scannet_frames_and_name_their_data(name, real_data):
+    """The paper's protocol: ScanNet train frames (one in 25) pretrain every downstream dataset."""
+    from bench.runner import Experiment
+
+    scannet = real_data / "scannet" / "mmdet3d_9e39d46"
+    downstream = {"scannet": [], "s3dis": [f"S3DISBin.root = '{real_data / 's3dis' / 'mmdet3d_fe25f7a' / 'tests'}'"],
+                  "sunrgbd": [f"SunRgbdVotenet.root = '{real_data / 'sunrgbd' / 'mmdet3d_9e39d46' / 'sunrgbd_trainval'}'"]}
+    dataset = next((d for d in ("s3dis", "sunrgbd") if d in name), "scannet")
+    parse_config([name], [*REQUIRED_VALUES, f"ScanNetExport.root = '{scannet / 'scannet_train_instance_data'}'",
+                          f"ScanNetExport.meta_dir = '{scannet / 'meta_data'}'", *downstream[dataset],
+                          "FramePreparation.mask_source = @ClassicalMaskSource()",  # no SAM checkpoint here
+                          "FramePreparation.teacher = @SimulatedTeacher()"])
+    experiment = Experiment()
+    assert experiment.dataset.info.name == dataset and experiment.profile == "paper"
+    assert all(column.startswith(f"{dataset}/") for column in experiment.table.columns)
+    for factory in experiment.rows.values():
+        row = factory()
+        if row.pretrain is not None:
+            source = row.pretrain.dataset
+            assert source.info.name == "scannet" and source.frames.every == 25 and row.pretrain.split == "train"
 
 
 def test_includes_resolve_relative_to_gin_dir_from_any_working_directory(tmp_path, monkeypatch):
