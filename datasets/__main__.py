@@ -1,7 +1,9 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
-    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw}] [--limit N] [--json]
+    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export}] [--limit N] [--json]
+    python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
+                              [--frames 4] [--hw 120 160] [--frame-every 1]
 
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
 and a top view of the fused scene to DIR, printing their paths.
@@ -9,6 +11,12 @@ and a top view of the fused scene to DIR, printing their paths.
 ``verify`` checks a dataset root (``datasets/verify.py``): it prints every scene found (points, boxes,
 classes present), the counts per split and every problem, as text or as one JSON object (``--json``),
 and exits with status 1 when it found any problem.
+
+``export`` writes the simulated benchmark (``SyntheticIndoor`` with these settings) in a real dataset's
+on-disk layout (``datasets/synthetic/export.py``): ``scannet-raw`` = ScanNet's ``scans/`` with the label map,
+split lists and ``.sens`` exports (``sens/<scene>/``); ``sunrgbd-votenet`` = a ``sunrgbd_trainval/`` folder
+with one sample per frame. DIR must be new or empty; the export is written to ``DIR.partial`` and renamed
+when complete. It prints DIR and the ``verify`` command that checks it.
 
 Errors are one line on stderr and exit status 2.
 """
@@ -54,6 +62,23 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from datasets.synthetic import SyntheticIndoor
+    from datasets.synthetic.export import export_scannet_raw, export_sunrgbd_votenet
+
+    ds = SyntheticIndoor(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                         frames_per_scene=args.frames, image_hw=tuple(args.hw))
+    if args.layout == "scannet-raw":
+        out = export_scannet_raw(ds, args.out, frame_every=args.frame_every)
+        check = f"python -m datasets verify --kind scannet --root {out}"
+    else:
+        out = export_sunrgbd_votenet(ds, args.out, frame_every=args.frame_every)
+        check = f"python -m datasets verify --kind sunrgbd --root {out / 'sunrgbd_trainval'}"
+    print(out)
+    print(f"check it with: {check}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m datasets", description="Look at the benchmark datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,10 +94,22 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check a dataset root: scenes, points, boxes, classes and problems")
     verify.add_argument("--kind", required=True, choices=sorted(VERIFIERS), help="dataset reader")
     verify.add_argument("--root", help="dataset root folder (not used by synthetic)")
-    verify.add_argument("--layout", default="auto", help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw")
+    verify.add_argument("--layout", default="auto",
+                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw")
     verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     verify.set_defaults(run=_verify)
+
+    export = sub.add_parser("export", help="write the simulated benchmark in the ScanNet raw or SUN RGB-D layout")
+    export.add_argument("--layout", required=True, choices=("scannet-raw", "sunrgbd-votenet"), help="on-disk layout")
+    export.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--num-train", type=int, default=24, help="train scenes")
+    export.add_argument("--num-val", type=int, default=8, help="val scenes")
+    export.add_argument("--frames", type=int, default=4, help="frames per scene")
+    export.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
+    export.add_argument("--frame-every", type=int, default=1, help="export frames 0, k, 2k, ... of each scene")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -266,26 +266,49 @@ def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[s
     for folder in (meta_dir, root / "meta_data", root.parent / "meta_data"):
         if folder is not None and (pathlib.Path(folder) / "scannetv2_train.txt").is_file():
             return {split: read_split_list(folder, split) for split in ("train", "val")}
-    scenes = sorted({p.name.split("_vert")[0] for p in root.glob("*_vert*.npy")})
+    scenes = sorted({p.name.split("_vert")[0] for p in root.glob("*_vert*.npy")}
+                    | {p.name for p in root.glob("scans/*") if p.is_dir()})
     return {"all": scenes}
+
+
+def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_dir: pathlib.Path | None) -> None:
+    """Rows of a raw ScanNet root: ``scans/<scene>/`` folders and ``scannetv2-labels.combined.tsv`` beside them."""
+    from datasets.scannet import SCANNET_INFO, read_label_map, read_raw_scene
+
+    tsv = root / "scannetv2-labels.combined.tsv"
+    try:
+        read_label_map(tsv)
+    except (OSError, ValueError) as exc:
+        add_problem(report, one_line(exc))
+        return
+    for split, scene_ids in _scannet_splits(root, meta_dir).items():
+        for scene_id in scene_ids[:limit]:
+            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: read_raw_scene(
+                root / "scans", s, tsv), SCANNET_INFO))
 
 
 def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
                    meta_dir: pathlib.Path | None = None) -> dict:
-    """Check a ScanNet VoteNet/mmdet3d export root: every scene of the split lists has its ``.npy`` files
-    with sound headers, and loads into a valid ``Scene`` (a scene missing from disk is a problem)."""
+    """Check a ScanNet root, a VoteNet/mmdet3d ``export`` or the ``raw`` download (``scans/``; ``auto``
+    picks raw when ``scans/`` exists): every scene of the split lists loads into a valid ``Scene`` (a
+    scene missing from disk is a problem); export scenes have their ``.npy`` files with sound headers."""
     from datasets.scannet import SCANNET_INFO, read_export_scene
     from datasets.scannet.readers import export_path
 
-    report = new_report("scannet", root, "export" if layout == "auto" else layout)
+    report = new_report("scannet", root, layout)
     if root is None or not pathlib.Path(root).is_dir():
         add_problem(report, f"{root}: ScanNet root folder not found (give --root)")
         return finish_report(report)
+    root = pathlib.Path(root)
+    if layout == "auto":
+        report["layout"] = "raw" if (root / "scans").is_dir() else "export"
+    if report["layout"] == "raw":
+        _scannet_raw_rows(report, root, limit, meta_dir)
+        return finish_report(report)
     if report["layout"] != "export":
         add_problem(report, f"unknown scannet layout {layout!r}; verify checks the 'export' layout "
-                            "(<scene>_vert[_all].npy, _sem_label, _ins_label, _bbox)")
+                            "(<scene>_vert[_all].npy, _sem_label, _ins_label, _bbox) and the 'raw' layout (scans/)")
         return finish_report(report)
-    root = pathlib.Path(root)
     for split, scene_ids in _scannet_splits(root, meta_dir).items():
         for scene_id in scene_ids[:limit]:
             files = [export_path(root, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
