@@ -10,7 +10,7 @@ import bench.tasks  # noqa: F401  SemanticSegmentationTask, DetectionTask
 import datasets.prepare  # noqa: F401  FramePreparation
 import datasets.s3dis  # noqa: F401  S3DISBin, S3DISRaw
 import datasets.scannet  # noqa: F401  ScanNetExport, ScanNetBin, ScanNetRaw, SensFrames, PosedImageFrames
-import datasets.sunrgbd  # noqa: F401  SunRgbdVotenet
+import datasets.sunrgbd  # noqa: F401  SunRgbdVotenet, SunRgbdMmdet3d
 import datasets.synthetic  # noqa: F401  SyntheticIndoor
 import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
 import methods.finetune  # noqa: F401  SegmentationFinetune, DetectionFinetune, FinetuneRow
