@@ -79,7 +79,7 @@ def scene_problems(scene: Scene, info: DatasetInfo) -> list[str]:
 
 def scene_entry(split: str, scene_id: str, scene: Scene | None, info: DatasetInfo) -> dict:
     """A report row: what was found in one scene (``scene=None`` when it could not be loaded)."""
-    entry = {"split": split, "scene_id": scene_id, "points": None, "boxes": None, "classes": [],
+    entry = {"split": split, "scene_id": scene_id, "points": None, "boxes": None, "frames": None, "classes": [],
              "box_classes": {}, "problems": []}
     if scene is None:
         return entry
@@ -101,7 +101,28 @@ def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: Data
         return entry
     entry = scene_entry(split, scene_id, scene, info)
     entry["problems"] += scene_problems(scene, info)
+    entry["frames"] = len(scene.frames)
+    entry["problems"] += frame_problems(scene)
     return entry
+
+
+def frame_problems(scene: Scene) -> list[str]:
+    """Load every frame of ``scene`` (frames are read lazily, so this is what pretraining will read)
+    and check its arrays; a frame that fails to load is a problem, and the others are still checked."""
+    problems = []
+    for index in range(len(scene.frames)):
+        try:
+            frame = scene.frames[index]
+        except Exception as exc:  # noqa: BLE001 - a verifier reports every failure and goes on
+            problems.append(one_line(exc))
+            continue
+        h, w = frame.depth.shape[:2] if frame.depth.ndim == 2 else (-1, -1)
+        if frame.rgb.shape != (h, w, 3) or frame.rgb.dtype != np.uint8:
+            problems.append(f"frame {frame.frame_id}: rgb {frame.rgb.dtype} {frame.rgb.shape} does not match "
+                            f"depth {frame.depth.shape} (expected uint8 (H, W, 3))")
+        if not np.all(np.isfinite(frame.pose)) or not np.all(np.isfinite(frame.intrinsics)):
+            problems.append(f"frame {frame.frame_id}: non-finite pose or intrinsics")
+    return problems
 
 
 def verify_dataset(report: dict, dataset, limit: int | None = None) -> dict:
@@ -331,6 +352,7 @@ def format_report(report: dict) -> str:
     for e in report["scenes"]:
         points = "?" if e["points"] is None else e["points"]
         found = f"{points:>9} points {'?' if e['boxes'] is None else e['boxes']:>4} boxes"
+        found += f" {e['frames']:>4} frames" if e.get("frames") else ""
         boxes = ", ".join(f"{k} {v}" for k, v in e["box_classes"].items())
         lines.append(f"  {e['split']:<5} {e['scene_id']:<24} {found}  classes: {', '.join(e['classes']) or '-'}"
                      + (f"  boxes: {boxes}" if boxes else "") + (f"  [{len(e['problems'])} problems]" if e["problems"] else ""))

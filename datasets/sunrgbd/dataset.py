@@ -7,6 +7,7 @@ import pathlib
 import gin
 import numpy as np
 
+from datasets.frame_sequence import LazyFrames
 from datasets.scene_list import SceneListDataset
 from datasets.sunrgbd.camera import SunRgbdError
 from datasets.sunrgbd.labels import SUNRGBD_INFO, read_votenet_boxes
@@ -67,5 +68,6 @@ class SunRgbdVotenet(SceneListDataset):
             boxes=boxes.astype(np.float32),
             box_labels=labels,
             box_instance=np.zeros(len(labels), dtype=np.int32),
-            frames=[votenet_frame(self.root, number, points)],
+            # Read (and z-buffered) only when used: fine-tuning and the scene cache need the points alone.
+            frames=LazyFrames([f"sunrgbd/{number:06d}"], lambda index: votenet_frame(self.root, number, points)),
         )
