@@ -1,4 +1,9 @@
-"""Command line: parse flags, parse gin strictly, build the experiment, run it; user errors in one line."""
+"""Command line: parse flags, parse gin strictly, build the experiment, run it; user errors in one line.
+
+Under torchrun (``torchrun --nproc_per_node=N run_bench.py ...``) every process runs this; each joins
+the process group before the experiment is built (``bench.distributed``), and an error on any rank is
+its one-line message and a non-zero exit, which makes torchrun stop the other ranks.
+"""
 from __future__ import annotations
 
 import argparse
@@ -41,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         from bench.config import describe_gin_error, parse_config
 
         parse_config(args.gin, args.gin_binding)
+        from bench import distributed
         from bench.runner import Experiment
+
+        distributed.init_from_env()
 
         try:
             experiment = Experiment()
         except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
             raise HarnessError(describe_gin_error(e, source="config")) from None
         experiment.run(args.results_dir)
+        distributed.shutdown()  # after success only: on errors, a rank mid-collective could hang here
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 Reads top to bottom: check where results go, reach the tracking store, open the parent run, run every
 row and seed in its own child run, write the results folder atomically, log it, print the summary.
+Under torchrun every rank runs the rows (training is sharded, see ``bench.distributed``); rank 0 alone
+evaluates, talks to MLflow and writes the results folder.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import gin
 import numpy as np
 from tqdm import tqdm
 
-from bench import report, summary
+from bench import distributed, report, summary
 from bench.config import config_bindings
 from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
-from bench.tracking import RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from bench.tracking import NullRun, NullTracker, RunHandle, Tracker, metric_safe, resolve_tracking_uri
 from datasets.scene_cache import CachedScenes
 
 
@@ -65,20 +67,28 @@ class Experiment:
         self.profile = profile
         self._notes: dict[str, str] = {}
 
-    def run(self, results_dir: str | os.PathLike) -> pathlib.Path:
-        """Run every row and seed; return the results folder of this invocation."""
-        # --- where results go, and the tracking store: both checked before any work
-        results_dir = check_writable_dir(results_dir)
-        uri = resolve_tracking_uri(self.tracking_uri, results_dir)
-        embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
-        tracker = Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
-        tracker.connect()
+    def run(self, results_dir: str | os.PathLike) -> pathlib.Path | None:
+        """Run every row and seed; return the results folder of this invocation (None on torchrun
+        ranks > 0, which write no results)."""
+        # --- where results go, and the tracking store: both checked before any work (on rank 0 first:
+        #     a failure there stops every torchrun rank with the same one-line message)
+        with distributed.main_first():
+            results_dir = check_writable_dir(results_dir)
+            uri = resolve_tracking_uri(self.tracking_uri, results_dir)
+            embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+            tracker = (Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
+                       if distributed.is_main() else NullTracker())
+            tracker.connect()
+        if not distributed.is_main():
+            # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
+            self._run_rows(tracker, NullRun(self.name), results_dir)
+            return None
         config_text = gin.config_str()
         started = time.time()
 
         # --- parent run; everything is written to a staging folder renamed into place at the end
         tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
-                "base_seed": str(self.base_seed)}
+                "base_seed": str(self.base_seed), "world_size": str(distributed.world_size())}
         with tracker.run(f"{self.name}", tags=tags) as parent:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
             final = results_dir / self.name / stamp
@@ -96,7 +106,7 @@ class Experiment:
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _run_rows(self, tracker: Tracker, parent, results_dir: pathlib.Path) -> list[dict]:
+    def _run_rows(self, tracker: Tracker | NullTracker, parent, results_dir: pathlib.Path) -> list[dict]:
         records = []
         for row, factory in self.rows.items():
             for seed in range(self.base_seed, self.base_seed + self.seeds):
@@ -152,7 +162,7 @@ class RowContext:
     eval_split: str
     task_factories: Sequence[Callable]
     cache_root: pathlib.Path
-    tracking_run: RunHandle
+    tracking_run: RunHandle | NullRun
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. teacher / masks, for tables
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -160,8 +170,13 @@ class RowContext:
         self.tracking_run.log_metrics(metrics, step)
 
     def scenes(self, split: str) -> CachedScenes:
-        """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk."""
-        return CachedScenes(self.dataset, split, self.cache_root)
+        """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk.
+
+        Under torchrun every rank calls this at the same point: rank 0 fills the cache, then the others
+        read it (``main_first``), so no two processes generate the same scenes.
+        """
+        with distributed.main_first():
+            return CachedScenes(self.dataset, split, self.cache_root)
 
     def fit_and_evaluate(self, method) -> dict[str, float]:
         """Fit ``method`` on the train split, then score it with every task on the evaluation split.
@@ -173,10 +188,15 @@ class RowContext:
         return self.evaluate(method)
 
     def evaluate(self, method) -> dict[str, float]:
-        """Score a fitted ``method`` with every task on the evaluation split."""
+        """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
+        the others return no metrics and wait for it at their next collective)."""
+        if not distributed.is_main():
+            return {}
         info = self.dataset.info
         tasks = [make_task() for make_task in self.task_factories]
-        for scene in tqdm(self.scenes(self.eval_split), desc=f"{self.row}: {self.eval_split}", leave=False):
+        # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
+        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
+        for scene in tqdm(scenes, desc=f"{self.row}: {self.eval_split}", leave=False):
             for task in tasks:
                 task.add(method, scene)
         metrics: dict[str, float] = {}

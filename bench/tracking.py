@@ -143,3 +143,36 @@ class RunHandle:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+
+class NullTracker:
+    """The tracker of torchrun ranks > 0: ``Tracker``'s interface, logging nothing (rank 0 logs)."""
+
+    def connect(self) -> None:
+        """Nothing to reach."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Mapping[str, str] | None = None,
+            parent: RunHandle | NullRun | None = None) -> Iterator[NullRun]:
+        """A run handle that drops everything logged to it."""
+        yield NullRun(name)
+
+
+class NullRun:
+    """``RunHandle``'s interface, dropping everything; its ``run_id`` is empty."""
+
+    run_id = ""
+
+    def __init__(self, name: str = ""):
+        self.name = name
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass

@@ -4,6 +4,13 @@ AdamW with a linear warm-up then cosine decay per step, gradient-norm clipping, 
 epoch (written atomically; loads with ``torch.load(weights_only=True)``), resumption from the last
 checkpoint, per-epoch loss curves through a logging callback, a progress bar. CPU and CUDA; bf16 autocast
 only on CUDA (it is much slower than float32 on CPUs).
+
+Under torchrun (``bench.distributed``) the module is wrapped in DistributedDataParallel and each rank
+takes ``batch_size / world_size`` samples of every global batch (a shuffle as random as, but not equal to,
+the one a single process draws), so the steps per epoch and the LR schedule are those of one process;
+epoch means are averaged over ranks, so every rank returns the same history; rank 0 alone writes the
+checkpoint, which holds the unwrapped module, so 1-process and torchrun runs resume each other's
+checkpoints.
 """
 from __future__ import annotations
 
@@ -17,7 +24,15 @@ import gin
 import torch
 from tqdm import tqdm
 
+from bench import distributed
+from bench.errors import HarnessError
 from bench.io import atomic_write_bytes
+
+# Per-rank offset of the global seed of an epoch (drop-path, data-loader workers): ranks see different
+# data and should not draw the same noise; rank 0 keeps the single-process seed. Token masks come from
+# the objectives' own generators (MaskSampler, module state): identical on every rank, so each rank
+# masks its own frames with the same draws, and rank 0's checkpoint resumes every rank exactly.
+_RANK_SEED_STRIDE = 1_000_003
 
 
 @gin.register
@@ -72,30 +87,39 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     module.to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    steps_per_epoch = math.ceil(len(dataset) / schedule.batch_size)
+    batch_size, sampler = _shard(dataset, schedule, seed, name)
+    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
     total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     history: list[dict[str, float]] = []
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)  # under torchrun every rank loads the file rank 0 wrote
     if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
+    model = _wrap(module, device) if sampler is not None else module
     autocast = device.type == "cuda" and schedule.bf16
     for epoch in range(len(history), schedule.epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # resumable: an epoch's randomness depends on its number
+        # resumable: an epoch's randomness depends on its number (and the rank)
+        torch.manual_seed(seed * 100_003 + epoch + _RANK_SEED_STRIDE * distributed.rank())
         if hasattr(dataset, "epoch"):
             dataset.epoch = epoch
-        loader = torch.utils.data.DataLoader(dataset, batch_size=schedule.batch_size, shuffle=True,
-                                             collate_fn=collate, num_workers=schedule.num_workers,
-                                             generator=torch.Generator().manual_seed(seed + epoch))
-        module.train()
+        if sampler is None:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                                 collate_fn=collate, num_workers=schedule.num_workers,
+                                                 generator=torch.Generator().manual_seed(seed + epoch))
+        else:
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, seeded with seed + epoch
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                                 collate_fn=collate, num_workers=schedule.num_workers)
+        model.train()
         sums: dict[str, float] = {}
-        for batch in tqdm(loader, desc=f"{name} epoch {epoch + 1}/{schedule.epochs}", leave=False):
+        for batch in tqdm(loader, desc=f"{name} epoch {epoch + 1}/{schedule.epochs}", leave=False,
+                          disable=not distributed.is_main()):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = module(batch)
+                out = model(batch)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             if schedule.grad_clip > 0:
@@ -104,13 +128,44 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
             scheduler.step()
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        epoch_means = {k: v / max(1, len(loader)) for k, v in sums.items()}
+        epoch_means = distributed.all_reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()})
         epoch_means["lr"] = scheduler.get_last_lr()[0]
         history.append(epoch_means)
-        _save(checkpoint, module, optimizer, scheduler, history, extra_state)
+        if distributed.is_main():
+            _save(checkpoint, module, optimizer, scheduler, history, extra_state)
+        distributed.barrier()  # no rank goes on (and may read the checkpoint) before it is complete
         if log is not None:
             log({f"{name}/{k}": v for k, v in epoch_means.items()}, epoch)
     return history
+
+
+def _shard(dataset, schedule: TrainSchedule, seed: int, name: str):
+    """(per-rank batch size, DistributedSampler) under torchrun; (batch size, None) in one process."""
+    world = distributed.world_size()
+    if world == 1:
+        return schedule.batch_size, None
+    if schedule.batch_size % world or schedule.batch_size < world:
+        raise HarnessError(f"{name}: TrainSchedule.batch_size = {schedule.batch_size} (the global batch) is not "
+                           f"divisible by the {world} torchrun processes")
+    # drop_last=False pads the shards to equal length, so every rank runs the same number of steps.
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        dataset, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=seed, drop_last=False)
+    return schedule.batch_size // world, sampler
+
+
+def _wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP around ``module`` (it broadcasts rank 0's parameters, so every rank starts identical).
+
+    Every shipped objective gives every trainable parameter a gradient at every step (empty selections
+    contribute ``x.sum() * 0``), so ``find_unused_parameters`` stays off.
+    """
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[index])
+    if distributed.backend() == "nccl":
+        raise HarnessError("TrainSchedule.device is 'cpu' but torchrun processes use nccl (CUDA); "
+                           "use TrainSchedule.device = 'auto'")
+    return torch.nn.parallel.DistributedDataParallel(module)
 
 
 def _save(path, module, optimizer, scheduler, history, extra_state) -> None:
