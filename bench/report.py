@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from bench.plots.ablation import loss_curves_from_mlflow, plot_ablation, plot_class_iou_vs_frequency, plot_loss_curves
+from bench.summary import finite_mean
 from bench.tables import TableSpec, build_table, load_paper_table, records_from_mlflow, write_table
 
 
@@ -67,12 +68,7 @@ def _per_class_iou(records: list[dict]) -> dict[str, dict[str, float]]:
             parts = key.split("/")
             if len(parts) == 5 and parts[1:3] == ["seg", "class"] and parts[4] == "IoU":
                 values[record["row"]][parts[3]].append(value)
-    return {row: {c: _nanmean(v) for c, v in classes.items()} for row, classes in values.items()}
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    return {row: {c: finite_mean(v) for c, v in classes.items()} for row, classes in values.items()}
 
 
 def class_point_counts(scenes, seg_classes: tuple[str, ...]) -> dict[str, int]:

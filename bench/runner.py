@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
-import numpy as np
 from tqdm import tqdm
 
 from bench import distributed, report, summary
@@ -144,7 +143,7 @@ class Experiment:
         for path in sorted(folder.iterdir()):
             parent.log_artifact(path)
         main = summary.main_metrics(records)
-        parent.log_metrics({f"{metric_safe(row)}/{key}": float(np.nanmean(values)) for (row, key), values in main.items()})
+        parent.log_metrics({f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()})
 
 
 @dataclasses.dataclass

@@ -23,6 +23,12 @@ def main_metrics(records: list[dict]) -> dict[tuple[str, str], list[float]]:
     return dict(values)
 
 
+def finite_mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (without numpy's all-NaN warning) when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
 def format_cell(values: list[float], digits: int = 1) -> str:
     """``mean +- std (n)``; a single seed shows just the value; NaN shows as n/a, no value as a dash."""
     if not values:

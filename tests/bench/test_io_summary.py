@@ -62,3 +62,11 @@ def test_markdown_table_keeps_headline_metrics_only():
     table = markdown_table(records, "d")
     assert table.splitlines()[0] == "| row | det/AP25 | seg/mIoU |"
     assert "| a | 10.5 ± 0.7 (2) | 5.0 ± 0.0 (2) |" in table
+
+
+def test_finite_mean_skips_nan_and_is_quiet_when_all_are_nan(recwarn):
+    from bench.summary import finite_mean
+
+    assert finite_mean([1.0, float("nan"), 3.0]) == 2.0
+    assert math.isnan(finite_mean([float("nan"), float("nan")])) and math.isnan(finite_mean([]))
+    assert not recwarn.list  # numpy's nanmean warns "Mean of empty slice" here
