@@ -2,6 +2,7 @@
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
     python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export}] [--limit N] [--json]
+        [--sens-root DIR [--sens-every 25] [--alignment-root DIR]]   # scannet: check the .sens frames too
     python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
                               [--frames 4] [--hw 120 160] [--frame-every 1]
 
@@ -57,7 +58,15 @@ def _verify(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     root = None if args.root is None else pathlib.Path(args.root)
-    report = VERIFIERS[args.kind](root, layout=args.layout, limit=args.limit)
+    options = {}
+    if args.sens_root is not None:
+        if args.kind != "scannet":
+            raise ValueError("--sens-root is for --kind scannet")
+        from datasets.scannet import SensFrames
+
+        alignment = args.alignment_root or (root / "scans" if root is not None and (root / "scans").is_dir() else None)
+        options["frames"] = SensFrames(args.sens_root, every=args.sens_every, alignment_root=alignment)
+    report = VERIFIERS[args.kind](root, layout=args.layout, limit=args.limit, **options)
     print(json.dumps(report) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 
@@ -98,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw")
     verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    verify.add_argument("--sens-root", help="scannet: also load and check every frame of SensReader exports "
+                                            "(<sens-root>/<scene>/color, depth, pose, intrinsic)")
+    verify.add_argument("--sens-every", type=int, default=25, help="scannet: keep one frame in K (paper: 25)")
+    verify.add_argument("--alignment-root", help="scannet: folder with <scene>/<scene>.txt (default: <root>/scans "
+                                                 "for the raw layout, else --sens-root)")
     verify.set_defaults(run=_verify)
 
     export = sub.add_parser("export", help="write the simulated benchmark in the ScanNet raw or SUN RGB-D layout")

@@ -292,7 +292,18 @@ def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[s
     return {"all": scenes}
 
 
-def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_dir: pathlib.Path | None) -> None:
+def _with_frames(read: Callable[[], Scene], frames) -> Callable[[], Scene]:
+    """``read`` followed by attaching the frame source's frames (None: no frames)."""
+    def load() -> Scene:
+        scene = read()
+        if frames is not None:
+            scene.frames = frames(scene)
+        return scene
+    return load
+
+
+def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_dir: pathlib.Path | None,
+                      frames=None) -> None:
     """Rows of a raw ScanNet root: ``scans/<scene>/`` folders and ``scannetv2-labels.combined.tsv`` beside them."""
     from datasets.scannet import SCANNET_INFO, read_label_map, read_raw_scene
 
@@ -304,15 +315,16 @@ def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_
         return
     for split, scene_ids in _scannet_splits(root, meta_dir).items():
         for scene_id in scene_ids[:limit]:
-            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: read_raw_scene(
-                root / "scans", s, tsv), SCANNET_INFO))
+            read = _with_frames(lambda s=scene_id: read_raw_scene(root / "scans", s, tsv), frames)
+            report["scenes"].append(check_scene(split, scene_id, read, SCANNET_INFO))
 
 
 def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
-                   meta_dir: pathlib.Path | None = None) -> dict:
+                   meta_dir: pathlib.Path | None = None, frames=None) -> dict:
     """Check a ScanNet root, a VoteNet/mmdet3d ``export`` or the ``raw`` download (``scans/``; ``auto``
     picks raw when ``scans/`` exists): every scene of the split lists loads into a valid ``Scene`` (a
-    scene missing from disk is a problem); export scenes have their ``.npy`` files with sound headers."""
+    scene missing from disk is a problem); export scenes have their ``.npy`` files with sound headers.
+    With a frame source (e.g. ``SensFrames``), every frame of every scene is loaded and checked too."""
     from datasets.scannet import SCANNET_INFO, read_export_scene
     from datasets.scannet.readers import export_path
 
@@ -324,7 +336,7 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
     if layout == "auto":
         report["layout"] = "raw" if (root / "scans").is_dir() else "export"
     if report["layout"] == "raw":
-        _scannet_raw_rows(report, root, limit, meta_dir)
+        _scannet_raw_rows(report, root, limit, meta_dir, frames)
         return finish_report(report)
     if report["layout"] != "export":
         add_problem(report, f"unknown scannet layout {layout!r}; verify checks the 'export' layout "
@@ -337,8 +349,8 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
             if header:
                 report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
                 continue
-            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: read_export_scene(root, s),
-                                                SCANNET_INFO))
+            read = _with_frames(lambda s=scene_id: read_export_scene(root, s), frames)
+            report["scenes"].append(check_scene(split, scene_id, read, SCANNET_INFO))
     return finish_report(report)
 
 

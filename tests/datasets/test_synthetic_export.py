@@ -3,6 +3,7 @@ with the real readers and compared with the simulation it came from."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,6 +118,21 @@ def test_verify_scannet_raw_export(scannet_root, capsys):
     assert report["ok"] and report["layout"] == "raw" and report["problems"] == []
     assert [(row["split"], row["scene_id"]) for row in report["scenes"]] == [
         (split, f"synthetic-s4-{split}-{index:04d}") for split, index in SCENES]
+
+
+def test_verify_loads_every_sens_frame_and_reports_a_broken_one(scannet_root, tmp_path, capsys):
+    args = ["verify", "--kind", "scannet", "--root", str(scannet_root), "--sens-root", str(scannet_root / "sens"),
+            "--sens-every", "1", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and [row["frames"] for row in report["scenes"]] == [2, 2, 2]
+    copy = tmp_path / "copy"
+    shutil.copytree(scannet_root, copy)
+    scene = report["scenes"][0]["scene_id"]
+    (copy / "sens" / scene / "color" / "1.jpg").write_bytes(b"not a jpeg")
+    assert main([*args[:4], str(copy), "--sens-root", str(copy / "sens"), "--sens-every", "1", "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert len(problems) == 1 and problems[0]["scene_id"] == scene and "color/1.jpg" in problems[0]["message"]
 
 
 # ---- SUN RGB-D VoteNet ----
