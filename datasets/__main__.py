@@ -1,7 +1,7 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
-    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export}] [--limit N] [--json]
+    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export,votenet,mmdet3d}] [--limit N] [--json]
         [--sens-root DIR [--sens-every 25] [--alignment-root DIR]]   # scannet: check the .sens frames too
     python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
                               [--frames 4] [--hw 120 160] [--frame-every 1]
@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--kind", required=True, choices=sorted(VERIFIERS), help="dataset reader")
     verify.add_argument("--root", help="dataset root folder (not used by synthetic)")
     verify.add_argument("--layout", default="auto",
-                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw")
+                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw; "
+                             "sunrgbd: auto, votenet or mmdet3d")
     verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     verify.add_argument("--sens-root", help="scannet: also load and check every frame of SensReader exports "

@@ -266,13 +266,23 @@ def verify_s3dis(root: pathlib.Path | None, *, layout: str = "auto", limit: int 
 
 
 def verify_sunrgbd(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None) -> dict:
-    """Check a SUN RGB-D VoteNet export (``sunrgbd_trainval``): split files, then every frame's points,
-    image, calib and labels load into a valid scene with its frame."""
-    from datasets.sunrgbd import SunRgbdVotenet
+    """Check a SUN RGB-D root: a VoteNet export (``sunrgbd_trainval``: split files, then every frame's
+    points, image, calib and labels) or an mmdet3d v1.x root (``sunrgbd_infos_<split>.pkl``, ``points/``,
+    images); ``auto`` picks mmdet3d when the root has no ``calib/`` but has the info pkls. Every scene
+    must load into a valid scene with its frame."""
+    from datasets.sunrgbd import SunRgbdMmdet3d, SunRgbdVotenet
 
-    report = new_report("sunrgbd", root, "votenet" if layout == "auto" else layout)
+    if layout == "auto":
+        mmdet3d = root is not None and not (pathlib.Path(root) / "calib").is_dir() and any(
+            pathlib.Path(root).glob("sunrgbd_infos_*.pkl"))
+        layout = "mmdet3d" if mmdet3d else "votenet"
+    report = new_report("sunrgbd", root, layout)
+    readers = {"votenet": SunRgbdVotenet, "mmdet3d": SunRgbdMmdet3d}
+    if layout not in readers:
+        add_problem(report, f"unknown sunrgbd layout {layout!r}; use auto, votenet or mmdet3d")
+        return finish_report(report)
     try:
-        dataset = SunRgbdVotenet(root)
+        dataset = readers[layout](root)
     except (OSError, ValueError) as exc:
         add_problem(report, one_line(exc))
         return finish_report(report)

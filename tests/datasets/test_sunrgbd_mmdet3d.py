@@ -79,3 +79,21 @@ def test_errors_name_the_file(demo, real_data, tmp_path):
     (tmp_path / "broken.pkl").write_bytes(pickle.dumps(broken))
     with pytest.raises(DataError, match=r"broken\.pkl: data_list\[0\]: malformed info"):
         SunRgbdMmdet3d(tmp_path, infos={"val": "broken.pkl"})
+
+
+def test_verify_detects_the_mmdet3d_layout_and_reports_a_truncated_point_file(demo, tmp_path, capsys):
+    from datasets.__main__ import main
+
+    root, _ = demo
+    (tmp_path / "points").mkdir()
+    (tmp_path / "sunrgbd_trainval" / "image").mkdir(parents=True)
+    shutil.copy(root / "000017.bin", tmp_path / "points")
+    shutil.copy(root / "000017.jpg", tmp_path / "sunrgbd_trainval" / "image")
+    for split in ("train", "val"):
+        shutil.copy(root / INFOS["val"], tmp_path / f"sunrgbd_infos_{split}.pkl")
+    assert main(["verify", "--kind", "sunrgbd", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mmdet3d layout" in out and "50000 points" in out and "1 frames" in out
+    (tmp_path / "points" / "000017.bin").write_bytes(b"\0" * 20)
+    assert main(["verify", "--kind", "sunrgbd", "--root", str(tmp_path)]) == 1
+    assert "000017.bin: 5 float32 values, expected N x 6" in capsys.readouterr().out
