@@ -17,6 +17,7 @@ from bench import distributed
 from bench.errors import HarnessError
 from methods import train as train_module
 from methods.train import TrainSchedule, train
+from tests.methods.test_train import _collate, _Data
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Full-batch steps: the global batch is the whole data set whichever shuffle DDP's sampler draws.
@@ -35,30 +36,13 @@ class _Regression(torch.nn.Module):
         return {"loss": torch.nn.functional.mse_loss(pred, batch["y"]), "mean_pred": pred.mean().detach()}
 
 
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, n: int = 16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 4, generator=g)
-        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": self.y[i]}
-
-
-def _collate(items):
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
 def _train_then_resume(folder: pathlib.Path, init_seed: int) -> tuple[list, list, torch.nn.Module]:
     """Train 2 epochs, then resume the checkpoint with a fresh module for a 3rd (as a new run would)."""
     torch.manual_seed(init_seed)
-    first = train(_Regression(), _Data(), _collate, SCHEDULE, folder / "checkpoint.pt", seed=1)
+    first = train(_Regression(), _Data(16), _collate, SCHEDULE, folder / "checkpoint.pt", seed=1)
     torch.manual_seed(init_seed + 100)  # a different initialisation, overwritten by the checkpoint
     resumed = _Regression()
-    history = train(resumed, _Data(), _collate, dataclasses.replace(SCHEDULE, epochs=3), folder / "checkpoint.pt",
+    history = train(resumed, _Data(16), _collate, dataclasses.replace(SCHEDULE, epochs=3), folder / "checkpoint.pt",
                     seed=1)
     return first, history, resumed
 

@@ -21,9 +21,9 @@ class _Regression(torch.nn.Module):
 
 
 class _Data(torch.utils.data.Dataset):
-    def __init__(self):
+    def __init__(self, n: int = 24):
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(24, 4, generator=g)
+        self.x = torch.randn(n, 4, generator=g)
         self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
         self.epoch = 0
 
