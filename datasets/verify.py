@@ -83,7 +83,7 @@ def scene_entry(split: str, scene_id: str, scene: Scene | None, info: DatasetInf
              "box_classes": {}, "problems": []}
     if scene is None:
         return entry
-    entry["points"], entry["boxes"] = scene.num_points, int(len(scene.boxes))
+    entry["points"], entry["boxes"], entry["frames"] = scene.num_points, int(len(scene.boxes)), len(scene.frames)
     seg = np.unique(scene.semantic)
     entry["classes"] = [info.seg_classes[i] for i in seg if 0 <= i < len(info.seg_classes)]
     labels, counts = np.unique(scene.box_labels, return_counts=True)
@@ -100,9 +100,7 @@ def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: Data
         entry["problems"].append(one_line(exc))
         return entry
     entry = scene_entry(split, scene_id, scene, info)
-    entry["problems"] += scene_problems(scene, info)
-    entry["frames"] = len(scene.frames)
-    entry["problems"] += frame_problems(scene)
+    entry["problems"] += scene_problems(scene, info) + frame_problems(scene)
     return entry
 
 
@@ -302,20 +300,11 @@ def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[s
     return {"all": scenes}
 
 
-def _with_frames(read: Callable[[], Scene], frames) -> Callable[[], Scene]:
-    """``read`` followed by attaching the frame source's frames (None: no frames)."""
-    def load() -> Scene:
-        scene = read()
-        if frames is not None:
-            scene.frames = frames(scene)
-        return scene
-    return load
-
-
 def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_dir: pathlib.Path | None,
                       frames=None) -> None:
     """Rows of a raw ScanNet root: ``scans/<scene>/`` folders and ``scannetv2-labels.combined.tsv`` beside them."""
     from datasets.scannet import SCANNET_INFO, read_label_map, read_raw_scene
+    from datasets.scannet.dataset import with_frames
 
     tsv = root / "scannetv2-labels.combined.tsv"
     try:
@@ -325,8 +314,8 @@ def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_
         return
     for split, scene_ids in _scannet_splits(root, meta_dir).items():
         for scene_id in scene_ids[:limit]:
-            read = _with_frames(lambda s=scene_id: read_raw_scene(root / "scans", s, tsv), frames)
-            report["scenes"].append(check_scene(split, scene_id, read, SCANNET_INFO))
+            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: with_frames(
+                read_raw_scene(root / "scans", s, tsv), frames), SCANNET_INFO))
 
 
 def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
@@ -336,6 +325,7 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
     scene missing from disk is a problem); export scenes have their ``.npy`` files with sound headers.
     With a frame source (e.g. ``SensFrames``), every frame of every scene is loaded and checked too."""
     from datasets.scannet import SCANNET_INFO, read_export_scene
+    from datasets.scannet.dataset import with_frames
     from datasets.scannet.readers import export_path
 
     report = new_report("scannet", root, layout)
@@ -359,8 +349,8 @@ def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: in
             if header:
                 report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
                 continue
-            read = _with_frames(lambda s=scene_id: read_export_scene(root, s), frames)
-            report["scenes"].append(check_scene(split, scene_id, read, SCANNET_INFO))
+            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: with_frames(
+                read_export_scene(root, s), frames), SCANNET_INFO))
     return finish_report(report)
 
 

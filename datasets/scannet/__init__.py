@@ -14,8 +14,8 @@ from datasets.scannet.frames import (
     posed_frames_from_info,
     posed_frames_from_infos,
     read_sens_frames,
-    sens_frames,
     resample_color,
+    sens_frames,
     zbuffer,
 )
 from datasets.scannet.labels import (
@@ -31,10 +31,9 @@ from datasets.scannet.raw import read_axis_alignment, read_label_map, read_ply_v
 from datasets.scannet.readers import boxes_from_instances, read_bin_scene, read_export_scene
 
 __all__ = [
-    "DET_CLASSES", "DET_NYU40_IDS", "SCANNET_INFO", "SEG_CLASSES", "SEG_NYU40_IDS", "FrameList", "PosedImageFrames",
-    "ScanNetBin", "SensFrames", "posed_frames_from_info", "sens_frames",
-    "ScanNetExport", "ScanNetRaw", "boxes_from_instances", "frames_from_posed_images", "nyu40_to_det",
-    "nyu40_to_seg", "posed_frames_from_infos", "read_axis_alignment", "read_bin_scene", "read_export_scene",
-    "read_label_map", "read_ply_vertices", "read_raw_scene", "read_sens_frames", "read_split_list",
-    "resample_color", "zbuffer",
+    "DET_CLASSES", "DET_NYU40_IDS", "FrameList", "PosedImageFrames", "SCANNET_INFO", "SEG_CLASSES", "SEG_NYU40_IDS",
+    "ScanNetBin", "ScanNetExport", "ScanNetRaw", "SensFrames", "boxes_from_instances", "frames_from_posed_images",
+    "nyu40_to_det", "nyu40_to_seg", "posed_frames_from_info", "posed_frames_from_infos", "read_axis_alignment",
+    "read_bin_scene", "read_export_scene", "read_label_map", "read_ply_vertices", "read_raw_scene",
+    "read_sens_frames", "read_split_list", "resample_color", "sens_frames", "zbuffer",
 ]

@@ -29,6 +29,13 @@ def read_split_list(meta_dir: str | pathlib.Path, split: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def with_frames(scene: Scene, frames) -> Scene:
+    """``scene`` with the frames the frame source ``frames`` gives it (None: left without frames)."""
+    if frames is not None:
+        scene.frames = frames(scene)
+    return scene
+
+
 class _ScanNetSplits(SceneListDataset):
     """Scenes from the split lists; subclasses say where a scene is and how to read it."""
 
@@ -50,10 +57,7 @@ class _ScanNetSplits(SceneListDataset):
             self.scene_ids[split] = present
 
     def read_scene(self, scene_id: str) -> Scene:
-        scene = self._read_points(scene_id)
-        if self.frames is not None:
-            scene.frames = self.frames(scene)
-        return scene
+        return with_frames(self._read_points(scene_id), self.frames)
 
     def _read_points(self, scene_id: str) -> Scene:
         raise NotImplementedError

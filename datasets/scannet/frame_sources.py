@@ -14,7 +14,7 @@ import gin
 
 from datasets.frame_sequence import LazyFrames
 from datasets.safe_pickle import load_pickle
-from datasets.scannet.frames import posed_frames_from_info, sens_frames
+from datasets.scannet.frames import infos_by_scene, posed_frames_from_info, sens_frames
 from datasets.scannet.raw import read_axis_alignment
 from datasets.types import Scene
 
@@ -71,16 +71,8 @@ class PosedImageFrames:
         self._by_scene: dict[str, dict] | None = None
 
     def _infos(self) -> dict[str, dict]:
-        if self._by_scene is None:
-            infos = load_pickle(self.infos)
-            if not isinstance(infos, list):
-                raise ValueError(f"{self.infos}: expected a list of per-scene info dicts (mmdet3d v0.x)")
-            self._by_scene = {}
-            for info in infos:
-                scene_id = info.get("point_cloud", {}).get("lidar_idx") if isinstance(info, dict) else None
-                if not isinstance(scene_id, str):
-                    raise ValueError(f"{self.infos}: every info needs point_cloud.lidar_idx (the scene id)")
-                self._by_scene[scene_id] = info
+        if self._by_scene is None:  # read once per process, on first use
+            self._by_scene = infos_by_scene(load_pickle(self.infos), self.infos)
         return self._by_scene
 
     def __call__(self, scene: Scene) -> LazyFrames:

@@ -188,13 +188,24 @@ def posed_frames_from_info(info: dict, infos_path: pathlib.Path, scene: Scene, s
     return LazyFrames(ids, load)
 
 
-def _pick_info(infos: object, path: pathlib.Path, scene_id: str, index: int | None) -> dict:
+def infos_by_scene(infos: object, path: pathlib.Path) -> dict[str, dict]:
+    """The infos of an mmdet3d v0.x multi-view pkl (a list) keyed by scene id (``point_cloud.lidar_idx``)."""
     if not isinstance(infos, list) or not infos:
         raise ValueError(f"{path}: expected a non-empty list of per-scene info dicts (mmdet3d v0.x)")
+    by_scene = {}
+    for info in infos:
+        scene_id = info.get("point_cloud", {}).get("lidar_idx") if isinstance(info, dict) else None
+        if not isinstance(scene_id, str):
+            raise ValueError(f"{path}: every info needs point_cloud.lidar_idx (the scene id)")
+        by_scene[scene_id] = info
+    return by_scene
+
+
+def _pick_info(infos: object, path: pathlib.Path, scene_id: str, index: int | None) -> dict:
+    by_scene = infos_by_scene(infos, path)  # also checks the pkl's shape
     if index is not None:
         return infos[index]
-    for info in infos:
-        lidar_idx = info.get("point_cloud", {}).get("lidar_idx") if isinstance(info, dict) else None
-        if lidar_idx == scene_id:
-            return info
-    raise ValueError(f"{path}: no info with point_cloud.lidar_idx == {scene_id!r}")
+    info = by_scene.get(scene_id)
+    if info is None:
+        raise ValueError(f"{path}: no info with point_cloud.lidar_idx == {scene_id!r}")
+    return info
