@@ -58,16 +58,23 @@ class SunRgbdVotenet(SceneListDataset):
         number = int(scene_id.rsplit("-", 1)[1])
         points = read_votenet_points(self.root, number, self.source)
         boxes, labels = read_votenet_boxes(self.root / self.labels / f"{number:06d}.txt", self.dropped_names)
-        n = len(points)
-        return Scene(
-            scene_id=f"sunrgbd-{number:06d}",
-            points=np.ascontiguousarray(points[:, :3]),
-            colors=np.round(np.clip(points[:, 3:6], 0.0, 1.0) * 255.0).astype(np.uint8),
-            semantic=np.full(n, IGNORE_INDEX, dtype=np.int32),
-            instance=np.zeros(n, dtype=np.int32),
-            boxes=boxes.astype(np.float32),
-            box_labels=labels,
-            box_instance=np.zeros(len(labels), dtype=np.int32),
-            # Read (and z-buffered) only when used: fine-tuning and the scene cache need the points alone.
-            frames=LazyFrames([f"sunrgbd/{number:06d}"], lambda index: votenet_frame(self.root, number, points)),
-        )
+        # Read (and z-buffered) only when used: fine-tuning and the scene cache need the points alone.
+        frames = LazyFrames([f"sunrgbd/{number:06d}"], lambda index: votenet_frame(self.root, number, points))
+        return frame_scene(f"sunrgbd-{number:06d}", points, boxes, labels, frames)
+
+
+def frame_scene(scene_id: str, points: np.ndarray, boxes: np.ndarray, labels: np.ndarray, frames) -> Scene:
+    """The ``Scene`` of one SUN RGB-D frame: upright points (N x 6, rgb in [0, 1]), all unlabelled (SUN
+    RGB-D has no per-point labels), its 10-class boxes (no instance ids) and its frame(s)."""
+    n = len(points)
+    return Scene(
+        scene_id=scene_id,
+        points=np.ascontiguousarray(points[:, :3]),
+        colors=np.round(np.clip(points[:, 3:6], 0.0, 1.0) * 255.0).astype(np.uint8),
+        semantic=np.full(n, IGNORE_INDEX, dtype=np.int32),
+        instance=np.zeros(n, dtype=np.int32),
+        boxes=boxes.astype(np.float32),
+        box_labels=labels,
+        box_instance=np.zeros(len(labels), dtype=np.int32),
+        frames=frames,
+    )

@@ -21,9 +21,10 @@ from datasets.geometry import zbuffer
 from datasets.safe_pickle import load_pickle
 from datasets.scene_list import SceneListDataset
 from datasets.sunrgbd.camera import SunRgbdError, zero_based_intrinsics
+from datasets.sunrgbd.dataset import frame_scene
 from datasets.sunrgbd.labels import DET_CLASSES, SUNRGBD_INFO
 from datasets.sunrgbd.votenet import read_image
-from datasets.types import IGNORE_INDEX, Frame, Scene
+from datasets.types import Frame, Scene
 
 LAYOUT = ("mmdet3d v1.x: sunrgbd_infos_<split>.pkl {metainfo, data_list[{lidar_points.lidar_path, "
           "images.CAM0.{img_path, depth2img}, instances[{bbox_3d, bbox_label_3d}]}]}, points/NNNNNN.bin, "
@@ -111,7 +112,6 @@ class SunRgbdMmdet3d(SceneListDataset):
         if raw.size == 0 or raw.size % 6:
             raise SunRgbdError(f"{path}: {raw.size} float32 values, expected N x 6 (x y z r g b)")
         points = raw.reshape(-1, 6)
-        n = len(points)
 
         def load_frame(index: int) -> Frame:
             rgb = read_image(self.root / self.images_dir / entry["image"], LAYOUT)
@@ -119,14 +119,5 @@ class SunRgbdMmdet3d(SceneListDataset):
             depth, _ = zbuffer(points[:, :3], k, pose, rgb.shape[:2])
             return Frame(frame_id=scene_id.replace("-", "/", 1), rgb=rgb, depth=depth, intrinsics=k, pose=pose)
 
-        return Scene(
-            scene_id=scene_id,
-            points=np.ascontiguousarray(points[:, :3]),
-            colors=np.round(np.clip(points[:, 3:6], 0.0, 1.0) * 255.0).astype(np.uint8),
-            semantic=np.full(n, IGNORE_INDEX, dtype=np.int32),
-            instance=np.zeros(n, dtype=np.int32),
-            boxes=entry["boxes"].astype(np.float32),
-            box_labels=entry["labels"],
-            box_instance=np.zeros(len(entry["labels"]), dtype=np.int32),
-            frames=LazyFrames([scene_id.replace("-", "/", 1)], load_frame),
-        )
+        frames = LazyFrames([scene_id.replace("-", "/", 1)], load_frame)
+        return frame_scene(scene_id, points, entry["boxes"], entry["labels"], frames)
