@@ -14,10 +14,11 @@ Matches VoteNet / 3DETR ``eval_det_cls`` except where noted, with every conventi
 - VOC_ALL_POINT_AP: AP is the area under the monotone (non-increasing) envelope of the
   precision/recall curve, over all points (VOC 2010+, not 11-point).
 - ABSENT_CLASSES: a class with GT but no predictions has AP 0 and recall 0; a class with
-  predictions but no GT has AP 0 (every detection is a false positive) and recall NaN; a class
-  with neither has AP NaN and recall NaN. mAP is the mean of AP over classes that are not NaN
-  (present in GT or predictions); AR is the NaN-mean of recall (classes with GT). An all-NaN
-  mean is NaN, without a warning.
+  predictions but no GT anywhere in the split has AP 0 and recall 0 (every detection is a false
+  positive; 3DETR's guard for zero GT); a class with neither has AP NaN and recall NaN and is not
+  evaluated. mAP and AR are the means of AP and of recall over the evaluated classes (those
+  present in GT or predictions), so a predicted-only class counts as 0 in both. An all-NaN mean
+  is NaN, without a warning.
 - FINAL_RECALL: recall of a class is TP / number of GT at the end of its ranked list.
 
 Because the best GT of a detection includes already-matched GTs, it does not depend on the
@@ -195,12 +196,12 @@ def _per_class(tp: np.ndarray, bounds: np.ndarray, num_gt: np.ndarray) -> tuple[
     recall = np.full(num_classes, np.nan)
     for c in range(num_classes):
         hits = tp[bounds[c] : bounds[c + 1]]
-        if num_gt[c] > 0:
-            recall[c] = hits.sum() / num_gt[c]
         if num_gt[c] > 0 and len(hits) > 0:
-            ap[c] = voc_ap(hits, int(num_gt[c]))
+            ap[c], recall[c] = voc_ap(hits, int(num_gt[c])), hits.sum() / num_gt[c]
         elif num_gt[c] > 0 or len(hits) > 0:
-            ap[c] = 0.0
+            # Evaluated with nothing found: no detection to rank, or no GT to find (3DETR takes
+            # recall 0 there rather than 0 / 0, so a predicted-only class lowers AR as it does mAP).
+            ap[c], recall[c] = 0.0, 0.0
     return ap, recall
 
 

@@ -107,7 +107,7 @@ def _reference_class(dets: list, gts: dict, threshold: float) -> tuple[float, fl
             matched[i][jbest] = True
         tp.append(hit)
     if not npos:
-        return (0.0 if dets else math.nan), math.nan
+        return (0.0, 0.0) if dets else (math.nan, math.nan)
     if not dets:
         return 0.0, 0.0
     ctp = np.cumsum(tp)

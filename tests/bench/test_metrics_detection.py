@@ -78,8 +78,29 @@ def test_absent_classes():
     s = scene([cube(0), cube(10)], [0, 2], [cube(0), cube(20)], [0, 1], [0.9, 0.8])
     res = evaluate_detection([s], [0.25], 4)[0.25]
     np.testing.assert_array_equal(res["ap"], [1.0, 0.0, 0.0, NAN])
-    np.testing.assert_array_equal(res["recall"], [1.0, NAN, 0.0, NAN])
+    np.testing.assert_array_equal(res["recall"], [1.0, 0.0, 0.0, NAN])
     assert res["mAP"] == pytest.approx(1 / 3)
+    assert res["AR"] == pytest.approx(1 / 3)
+
+
+def test_predicted_only_class_counts_as_zero_in_map_and_ar():
+    # Three classes over two scenes, by hand:
+    # class 0: GTs at x=0 and x=10 (scene 0); detections at x=0 (0.9, hit) and x=5 (0.8, miss):
+    #   precision 1 at recall 1/2, then 1/2 at recall 1/2 -> AP 1/2, recall 1/2.
+    # class 1: GT at x=20 (scene 0) hit by a detection (0.7) -> AP 1, recall 1; its detection at
+    #   x=20 in scene 1 (0.6) is a false positive (no class-1 GT there) ranked after the hit, so
+    #   AP stays 1 (precision 1 until recall 1).
+    # class 2: detections in both scenes (0.95, 0.5), no GT anywhere -> AP 0, recall 0.
+    # mAP = (1/2 + 1 + 0) / 3 = 1/2;  AR = (1/2 + 1 + 0) / 3 = 1/2 (3DETR; NaN recall gave 3/4).
+    s0 = scene(
+        [cube(0), cube(10), cube(20)], [0, 0, 1],
+        [cube(0), cube(5), cube(20), cube(30)], [0, 0, 1, 2], [0.9, 0.8, 0.7, 0.95],
+    )
+    s1 = scene([], [], [cube(20), cube(30)], [1, 2], [0.6, 0.5])
+    res = evaluate_detection([s0, s1], [0.5], 3)[0.5]
+    np.testing.assert_allclose(res["ap"], [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(res["recall"], [0.5, 1.0, 0.0])
+    assert res["mAP"] == pytest.approx(0.5)
     assert res["AR"] == pytest.approx(0.5)
 
 
@@ -221,7 +242,7 @@ def loop_evaluate(scenes, threshold, num_classes):
             if hit:
                 matched[i][jbest] = True
             tp.append(hit)
-        recall.append(sum(tp) / npos if npos else NAN)
+        recall.append(sum(tp) / npos if npos else (0.0 if dets else NAN))
         if npos and dets:
             prec = [0.0] + [sum(tp[: k + 1]) / (k + 1) for k in range(len(tp))] + [0.0]
             rec = [0.0] + [sum(tp[: k + 1]) / npos for k in range(len(tp))] + [1.0]
@@ -264,4 +285,5 @@ def test_matches_loop_reference_on_random_scenes(rotated):
         np.testing.assert_allclose(res[t]["ap"], ap, atol=1e-12)
         np.testing.assert_allclose(res[t]["recall"], recall, atol=1e-12)
         assert res[t]["mAP"] == pytest.approx(np.nanmean(ap), abs=1e-12)
+        assert res[t]["AR"] == pytest.approx(np.nanmean(recall), abs=1e-12)
     assert 0 < res[0.5]["mAP"] < res[0.25]["mAP"] < 1  # not a degenerate comparison
