@@ -5,10 +5,14 @@ Conventions, each named:
 - SPLIT_CONFUSION: one confusion matrix summed over every point of the split (not a mean of
   per-scene scores). Rows are ground truth, columns predictions.
 - IGNORE_INDEX: points whose GT equals ``ignore_index`` are dropped, whatever their prediction
-  (default -1, the harness's ``datasets.types.IGNORE_INDEX``). Any other GT or prediction outside
-  ``[0, num_classes)`` is an error, not silently dropped (mmdet3d drops out-of-range GT).
+  (default -1, the harness's ``datasets.types.IGNORE_INDEX``). An ignore index inside
+  ``[0, num_classes)`` is also a class a model can predict: its GT points are dropped as above,
+  its IoU and accuracy are NaN and excluded from mIoU / mAcc, and a prediction of it on a kept
+  point stays in the matrix, a false negative of that point's true class and a wrong point for
+  oAcc (the point is not dropped). Any other GT or prediction outside ``[0, num_classes)`` is an
+  error, not silently dropped (mmdet3d drops out-of-range GT).
 - IOU: IoU_c = TP / (TP + FP + FN); a class absent from both GT and predictions is NaN and
-  excluded from mIoU (a class only predicted has IoU 0).
+  excluded from mIoU (a class only predicted has IoU 0, unless it is the ignore index).
 - ACC: acc_c = TP / (TP + FN), the recall of class c; NaN where the class has no GT.
 - MEANS: mIoU and mAcc are NaN-means over classes; oAcc = correct points / kept points. An empty
   mean (or no kept point) is NaN, without a warning.
@@ -43,8 +47,13 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_
     return counts.reshape(num_classes, num_classes)
 
 
-def segmentation_scores(confusion: np.ndarray) -> dict:
-    """IoU / accuracy per class and their means from a split's confusion matrix ``[gt, pred]``."""
+def segmentation_scores(confusion: np.ndarray, ignore_index: int = -1) -> dict:
+    """IoU / accuracy per class and their means from a split's confusion matrix ``[gt, pred]``.
+
+    An ``ignore_index`` inside ``[0, num_classes)`` makes that class's IoU and accuracy NaN; its
+    column still counts (IGNORE_INDEX in the module docstring).
+    """
+    _check_ignore_index(ignore_index)
     confusion = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(confusion)
     num_gt = confusion.sum(axis=1)
@@ -52,6 +61,10 @@ def segmentation_scores(confusion: np.ndarray) -> dict:
     union = num_gt + num_pred - tp
     iou = np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
     acc = np.divide(tp, num_gt, out=np.full_like(tp, np.nan), where=num_gt > 0)
+    if 0 <= ignore_index < len(tp):
+        # Its GT is unlabelled, so its predictions can only be errors: scoring it would be 0 by
+        # construction and pull mIoU down (mmdet3d seg_eval sets it to NaN the same way).
+        iou[ignore_index] = acc[ignore_index] = np.nan
     total = confusion.sum()
     return {
         "iou": iou.tolist(),
@@ -74,7 +87,8 @@ def evaluate_segmentation(
         gt_list: per-scene (N_i,) integer GT labels, ``ignore_index`` for unlabelled points.
         pred_list: per-scene (N_i,) integer predictions, same lengths as ``gt_list``.
         num_classes: number of segmentation classes.
-        ignore_index: GT value of points to drop (default -1).
+        ignore_index: GT value of points to drop (default -1); inside ``[0, num_classes)`` that
+            class is also left unscored (IoU and accuracy NaN).
 
     Returns:
         ``{"iou": [...], "miou": float, "acc": [...], "macc": float, "oacc": float}``; per-class
@@ -85,6 +99,7 @@ def evaluate_segmentation(
     """
     if int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    _check_ignore_index(ignore_index)
     if len(gt_list) != len(pred_list):
         raise ValueError(f"expected one prediction array per scene, got {len(pred_list)} for {len(gt_list)} scenes")
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -93,7 +108,13 @@ def evaluate_segmentation(
             total += confusion_matrix(gt, pred, int(num_classes), ignore_index)
         except ValueError as err:
             raise ValueError(f"scene {i}: {err}") from None
-    return segmentation_scores(total)
+    return segmentation_scores(total, ignore_index)
+
+
+def _check_ignore_index(ignore_index: int) -> None:
+    """``ValueError`` unless ``ignore_index`` is an integer: it is compared with labels and names a class."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise ValueError(f"ignore_index: expected an integer, got {ignore_index!r}")
 
 
 def _int_labels(labels: np.ndarray, name: str) -> np.ndarray:
