@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 
+from bench import timing
 from bench.errors import HarnessError
 
 DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
                         help=f"folder for everything a run writes, the embedded MLflow store included "
                              f"(default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument("--profile", action="store_true",
+                        help="print at the end where the run's time went: per step kind and per training phase")
     return parser
 
 
@@ -42,21 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of run_bench.py; returns the process exit code."""
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    clock = timing.Stopwatch()
     try:
-        from bench.config import describe_gin_error, parse_config
+        with timing.span("imports and config"):
+            from bench.config import describe_gin_error, parse_config
 
-        parse_config(args.gin, args.gin_binding)
-        from bench import distributed
-        from bench.runner import Experiment
+            parse_config(args.gin, args.gin_binding)
+            from bench import distributed
+            from bench.runner import Experiment
 
-        distributed.init_from_env()
-
-        try:
-            experiment = Experiment()
-        except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
-            raise HarnessError(describe_gin_error(e, source="config")) from None
+            distributed.init_from_env()
+            try:
+                experiment = Experiment()
+            except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
+                raise HarnessError(describe_gin_error(e, source="config")) from None
         experiment.run(args.results_dir)
         distributed.shutdown()  # after success only: on errors, a rank mid-collective could hang here
+        if args.profile and distributed.rank() == 0:
+            print("\n" + timing.profile_report(timing.totals(), clock.seconds,
+                                                title=f"profile of {' '.join(args.gin)}"))
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

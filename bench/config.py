@@ -72,6 +72,18 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> list
     return paths
 
 
+def parse_config_text(text: str) -> None:
+    """Parse a whole config as ``gin.config_str()`` wrote it (e.g. in a worker process) and finalize it."""
+    import bench.registry  # noqa: F401  registers every component with gin
+
+    try:
+        with _includes_relative_to_gin_dir():
+            gin.parse_config(text)
+        gin.finalize()
+    except Exception as e:
+        raise HarnessError(describe_gin_error(e, source="config")) from None
+
+
 _LOCATION = re.compile(r'In file "([^"]+)", line (\d+)')
 _NO_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'")
 _NO_PARAMETER = re.compile(r"Configurable '([\w./]+)' doesn't have a parameter named '(\w+)'")

@@ -1,13 +1,15 @@
 """The experiment runner: rows x seeds, fitted on the train split, scored on the evaluation split.
 
-Reads top to bottom: check where results go, reach the tracking store, open the parent run, run every
-row and seed in its own child run, write the results folder atomically, log it, print the summary.
-Under torchrun every rank runs the rows (training is sharded, see ``bench.distributed``); rank 0 alone
-evaluates, talks to MLflow and writes the results folder.
+Reads top to bottom: check where results go and reach the tracking store, build every row (so a bad
+component fails before any work), open the parent run, run every row and seed -- here, or in parallel
+worker processes (``bench.workers``) -- each as its own child run, write the results folder atomically,
+log it, print the summary. Under torchrun every rank runs the rows (training is sharded, see
+``bench.distributed``); rank 0 alone evaluates, talks to MLflow and writes the results folder.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -16,14 +18,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
-from tqdm import tqdm
 
-from bench import distributed, report, summary
+from bench import distributed, progress, summary, timing
 from bench.config import config_bindings
+from bench.errors import HarnessError
+from bench.fingerprint import fingerprint
 from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
-from bench.tracking import NullRun, NullTracker, RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from bench.tracking import NullRun, NullTracker, RecordingRun, RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from bench.workers import JobOutcome, resolve_workers, run_in_workers
 from datasets.scene_cache import CachedScenes
 
 
@@ -43,16 +47,28 @@ class Experiment:
       table: a ``TableSpec``: after the rows, the table is built from the MLflow runs (with the paper's
         numbers beside ours) and written with its plots into the results folder.
       profile: the profile's name (smoke / demo / paper), printed under tables.
+      workers: processes that run rows and seeds in parallel: a number, or ``'auto'`` = one per
+        ``torch_threads`` free CPU cores (1 on a GPU or under torchrun); 1 runs them in this process.
+      torch_threads: torch's intra-op threads in every process [choice: 1, fastest for small models on
+        few cores]. Thread counts change float summation order, so a table's cells depend on it; they
+        do not depend on ``workers``.
     """
 
     def __init__(self, name: str = gin.REQUIRED, dataset=gin.REQUIRED,
                  rows: Mapping[str, Callable] = gin.REQUIRED, tasks: Sequence[Callable] = gin.REQUIRED,
                  seeds: int = 1, base_seed: int = 0, tracking_uri: str | None = None,
-                 train_split: str = "train", eval_split: str = "val", table=None, profile: str = "custom"):
+                 train_split: str = "train", eval_split: str = "val", table=None, profile: str = "custom",
+                 workers: int | str = 1, torch_threads: int = 1):
         if seeds < 1:
             raise ValueError(f"Experiment.seeds must be >= 1, got {seeds}")
         if not rows:
             raise ValueError("Experiment.rows is empty: give at least one row")
+        if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
+            raise ValueError(f"Experiment.workers: expected an integer >= 1 or 'auto', got {workers!r}")
+        if not (isinstance(torch_threads, int) and torch_threads >= 1):
+            raise ValueError(f"Experiment.torch_threads: expected an integer >= 1, got {torch_threads!r}")
+        self.workers = workers
+        self.torch_threads = torch_threads
         self.name = name
         self.dataset = dataset
         self.rows = dict(rows)
@@ -78,16 +94,31 @@ class Experiment:
             tracker = (Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
                        if distributed.is_main() else NullTracker())
             tracker.connect()
-        if not distributed.is_main():
-            # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
-            self._run_rows(tracker, NullRun(self.name), results_dir)
-            return None
+        # --- every row is built once now, so a component that cannot be built fails before any training
+        for row, factory in self.rows.items():
+            try:
+                factory()
+            except HarnessError:
+                raise
+            except Exception as e:
+                raise HarnessError(f"row {row!r} cannot be built: {type(e).__name__}: {e}") from None
         config_text = gin.config_str()
-        started = time.time()
+        threads = _set_torch_threads(self.torch_threads)
+        try:
+            if not distributed.is_main():
+                # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
+                self._run_rows(tracker, NullRun(self.name), results_dir, config_text)
+                return None
+            return self._run_with_results(tracker, uri, results_dir, config_text)
+        finally:
+            _set_torch_threads(threads)
 
+    def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str) -> pathlib.Path:
+        started = time.time()
         # --- parent run; everything is written to a staging folder renamed into place at the end
         tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
-                "base_seed": str(self.base_seed), "world_size": str(distributed.world_size())}
+                "base_seed": str(self.base_seed), "world_size": str(distributed.world_size()),
+                "torch_threads": str(self.torch_threads)}
         with tracker.run(f"{self.name}", tags=tags) as parent:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
             final = results_dir / self.name / stamp
@@ -95,33 +126,78 @@ class Experiment:
             try:
                 parent.log_params(config_bindings(config_text))
                 atomic_write_text(staging / "config.gin", config_text)
-                records = self._run_rows(tracker, parent, results_dir)
-                if self.table is not None:
-                    self._write_report(staging, uri, parent.run_id, results_dir, time.time() - started)
-                self._write_results(staging, records, config_text, parent)
+                records = self._run_rows(tracker, parent, results_dir, config_text)
+                with timing.span("tables and plots"):
+                    if self.table is not None:
+                        self._write_report(staging, uri, parent.run_id, results_dir, time.time() - started)
+                    self._write_results(staging, records, config_text, parent)
                 os.replace(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _run_rows(self, tracker: Tracker | NullTracker, parent, results_dir: pathlib.Path) -> list[dict]:
-        records = []
-        for row, factory in self.rows.items():
-            for seed in range(self.base_seed, self.base_seed + self.seeds):
+    def _jobs(self) -> list[tuple[str, int]]:
+        return [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
+
+    def _run_rows(self, tracker: Tracker | NullTracker, parent, results_dir: pathlib.Path,
+                  config_text: str) -> list[dict]:
+        """Every (row, seed) as a child run of ``parent``; records in table order whatever ran first."""
+        jobs = self._jobs()
+        workers = resolve_workers(self.workers, len(jobs), self.torch_threads, _uses_accelerator(),
+                                  distributed.is_initialized())
+        table = progress.TableProgress(self.name, len(jobs), workers)
+        if workers > 1:
+            print(f"{self.name}: {len(jobs)} rows x seeds in {workers} worker processes "
+                  f"({self.torch_threads} torch thread{'s' if self.torch_threads > 1 else ''} each)", flush=True)
+        outcomes: dict[tuple[str, int], JobOutcome] = {}
+        if workers == 1:
+            for row, seed in jobs:
                 with tracker.run(f"{row} seed={seed}", tags={"row": row, "seed": str(seed)}, parent=parent) as child:
-                    child.log_params({"row": row, "seed": seed})
-                    print(f"[{row} seed={seed}]")
-                    seed_everything(seed)
-                    context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split,
-                                         self.tasks, results_dir / "cache", child, self._notes)
-                    metrics = factory().run(context)
-                    child.log_metrics(metrics)
-                records.append({"row": row, "seed": seed, "run_id": child.run_id, "metrics": metrics})
-        return records
+                    outcome = self.run_job(row, seed, results_dir)
+                    outcome.recording.replay_into(child)
+                outcome.recording.run_id = child.run_id
+                outcomes[(row, seed)] = outcome
+                table.finished(outcome.label, outcome.seconds)
+        else:
+            for outcome in _timed(run_in_workers(jobs, config_text, results_dir, workers, self.torch_threads),
+                                  "waiting for worker processes"):
+                timing.merge(outcome.timings)
+                tags = {"row": outcome.row, "seed": str(outcome.seed)}
+                if outcome.error_type:
+                    tracker.replay(outcome.recording, {**tags, "error": outcome.error[:500]}, parent,
+                                   outcome.start_time_ms or int(time.time() * 1000), int(time.time() * 1000),
+                                   status="FAILED")
+                    _raise_worker_error(outcome)
+                child = tracker.replay(outcome.recording, tags, parent, outcome.start_time_ms, outcome.end_time_ms)
+                outcome.recording.run_id = child.run_id
+                outcomes[(outcome.row, outcome.seed)] = outcome
+                table.finished(outcome.label, outcome.seconds)
+        for job in jobs:  # notes in table order, so they do not depend on which job finished first
+            for key, value in outcomes[job].notes.items():
+                self._notes.setdefault(key, value)
+        return [{"row": row, "seed": seed, "run_id": outcomes[(row, seed)].recording.run_id,
+                 "metrics": outcomes[(row, seed)].metrics} for row, seed in jobs]
+
+    def run_job(self, row: str, seed: int, results_dir: pathlib.Path) -> JobOutcome:
+        """Run one row with one seed in this process; its MLflow logging is recorded, not yet written."""
+        recording = RecordingRun(f"{row} seed={seed}")
+        recording.log_params({"row": row, "seed": seed})
+        started, clock = time.time(), timing.Stopwatch()
+        seed_everything(seed)  # for rows that draw from the global generators; steps seed themselves
+        notes: dict[str, str] = {}
+        context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split, self.tasks,
+                             results_dir / "cache", recording, notes)
+        with progress.job(f"{row} seed={seed}"):
+            metrics = self.rows[row]().run(context)
+        recording.log_metrics(metrics)
+        return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
+                          clock.seconds)
 
     def _write_report(self, folder: pathlib.Path, uri: str, parent_run_id: str, results_dir: pathlib.Path,
                       wall_time_s: float) -> None:
+        from bench import report  # matplotlib, pandas and scipy.stats: paid only by runs that build a table
+
         info = self.dataset.info
         seeds = list(range(self.base_seed, self.base_seed + self.seeds))
         convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s)
@@ -161,12 +237,40 @@ class RowContext:
     eval_split: str
     task_factories: Sequence[Callable]
     cache_root: pathlib.Path
-    tracking_run: RunHandle | NullRun
+    tracking_run: RunHandle | RecordingRun | NullRun
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. teacher / masks, for tables
+    _logged: list = dataclasses.field(default_factory=list, repr=False)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log intermediate values (e.g. loss curves) to the row's child run."""
+        self._logged.append((step, dict(metrics)))
         self.tracking_run.log_metrics(metrics, step)
+
+    def cached_result(self, parts: Any, compute: Callable[[], Mapping[str, float]]) -> dict[str, float]:
+        """The row's metrics -- with the curves it logged and the notes it added -- read from
+        ``<cache>/results/<key>.json`` when every step that produced them is unchanged, else ``compute()``
+        (whose outcome is then stored). The key covers ``parts`` (the row's step keys), the seed, the
+        evaluation scenes, the tasks and the source of the metric code, so a changed metric convention
+        is never answered from the cache. A re-run of a finished row thus loads no model at all.
+        """
+        tasks = [make_task() for make_task in self.task_factories]
+        eval_folder = CachedScenes.folder_for(self.dataset, self.eval_split, self.cache_root).name
+        key = fingerprint(parts, self.seed, eval_folder, tasks, metric_code_fingerprint())
+        path = self.cache_root / "results" / f"{key}.json"
+        saved = read_cached_result(path)
+        if saved is not None:
+            for step, metrics in saved["series"]:
+                self.log_metrics(metrics, step)
+            for name, value in saved["notes"].items():
+                self.notes.setdefault(name, value)
+            progress.step("evaluation", "read from the cache (every step of the row is unchanged)")
+            return saved["metrics"]
+        notes_before, logged_before = dict(self.notes), len(self._logged)
+        metrics = dict(compute())
+        if distributed.is_main():
+            atomic_write_json(path, {"metrics": metrics, "series": self._logged[logged_before:],
+                                     "notes": {k: v for k, v in self.notes.items() if k not in notes_before}})
+        return metrics
 
     def scenes(self, split: str) -> CachedScenes:
         """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk.
@@ -195,10 +299,69 @@ class RowContext:
         tasks = [make_task() for make_task in self.task_factories]
         # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
         scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
-        for scene in tqdm(scenes, desc=f"{self.row}: {self.eval_split}", leave=False):
+        clock = timing.Stopwatch()
+        with timing.span("evaluation"):
+            for scene in progress.bar(scenes, desc=f"{self.row}: {self.eval_split}"):
+                for task in tasks:
+                    task.add(method, scene)
+            metrics: dict[str, float] = {}
             for task in tasks:
-                task.add(method, scene)
-        metrics: dict[str, float] = {}
-        for task in tasks:
-            metrics.update(task.result(info))
+                metrics.update(task.result(info))
+        progress.step("evaluation", f"{len(scenes)} {info.name}/{self.eval_split} scenes in {progress.duration(clock.seconds)}")
         return metrics
+
+
+def metric_code_fingerprint() -> str:
+    """Content fingerprint of the code that turns predictions into metrics (``bench/metrics``, the tasks)."""
+    here = pathlib.Path(__file__).resolve().parent
+    files = sorted((here / "metrics").glob("*.py")) + [here / "tasks.py"]
+    return fingerprint([f.read_bytes() for f in files])
+
+
+def read_cached_result(path: pathlib.Path) -> dict | None:
+    """A stored row result, or None when absent or unreadable (then the row is computed again)."""
+    try:
+        saved = json.loads(path.read_text())
+        nan = float("nan")
+        return {"metrics": {k: nan if v is None else float(v) for k, v in saved["metrics"].items()},
+                "series": [(int(step), {k: nan if v is None else float(v) for k, v in values.items()})
+                           for step, values in saved["series"]],
+                "notes": {str(k): str(v) for k, v in saved["notes"].items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _timed(items, kind: str):
+    """``items``, with the time spent waiting for each one charged to ``kind``."""
+    iterator = iter(items)
+    while True:
+        with timing.span(kind):
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
+def _raise_worker_error(outcome: JobOutcome) -> None:
+    if outcome.harness_error:
+        raise HarnessError(outcome.error)
+    raise RuntimeError(f"row {outcome.row!r} seed {outcome.seed} failed in a worker process "
+                       f"({outcome.error_type}: {outcome.error}); its traceback:\n{outcome.error_traceback}")
+
+
+def _set_torch_threads(threads: int) -> int:
+    """Set torch's intra-op threads; returns the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
+
+
+def _uses_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -20,12 +20,15 @@ import pathlib
 import re
 from collections.abc import Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 import gin
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from bench.io import atomic_write_text
+
+if TYPE_CHECKING:  # pandas and scipy.stats cost a second to import; only commands that build tables pay it
+    import pandas as pd
 
 PAPER_DIR = pathlib.Path(__file__).resolve().parents[1] / "results" / "paper"
 # Conventions every table states; a missing one is printed as "not stated" rather than left out.
@@ -107,6 +110,8 @@ def records_from_mlflow(tracking_uri: str, parent_run_id: str, include_unfinishe
 
 def load_paper_table(name: str, folder: str | os.PathLike = PAPER_DIR) -> pd.DataFrame:
     """``results/paper/<name>.csv`` as printed ('-' cells are NaN; row names such as "none" stay text)."""
+    import pandas as pd
+
     return pd.read_csv(pathlib.Path(folder) / f"{name}.csv", keep_default_na=False, na_values=[""])
 
 
@@ -143,6 +148,8 @@ def _paired(values: dict, base: dict) -> dict[str, float]:
     out["delta_std"] = float(np.std(diff, ddof=1))
     # Constant differences: ttest_rel answers p=0 (or NaN); the variance estimate is zero, so no test.
     if out["delta_std"] > 1e-12 * max(1.0, float(np.abs(diff).max())):
+        from scipy import stats
+
         out["p_value"] = float(stats.ttest_rel(a, b).pvalue)
     return out
 
@@ -193,6 +200,8 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
                 line.update(delta=mean - base_mean, **_paired(values, base))
             line["paper"], line["paper_delta"] = _paper_cells(paper, ref, paper_base, paper_column)
             lines.append(line)
+    import pandas as pd
+
     table = pd.DataFrame(lines, columns=list(COLUMNS))
     order = {row: i for i, row in enumerate(spec.rows)}
     return table.sort_values("row", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)

@@ -24,18 +24,23 @@ import zlib
 import gin
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from bench import progress, timing
 from bench.errors import DataError
 from bench.fingerprint import fingerprint
 from bench.io import atomic_write_bytes, atomic_write_text
+from bench.locks import step_lock, try_step_lock
 from datasets.geometry import backproject
+from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Frame
 from methods.regions import region_features
 from methods.reweighting import assign_groups, cluster_region_features, group_counts, group_weights
 
 _FIELDS = {"xyz": (np.float32, 2), "rgb": (np.uint8, 2), "pixel": (np.int32, 2), "region": (np.int32, 1),
            "region_ids": (np.int32, 1), "region_features": (np.float16, 2), "label_map": (np.int32, 2)}
+
+
+_LOADED = ByteBudgetCache()  # prepared frames this process has read (with their groups)
 
 
 class CacheError(Exception):
@@ -131,27 +136,71 @@ class FramePreparation:
             region_features=np.asarray(features, np.float32).astype(np.float16), label_map=label_map)
 
     def prepare(self, dataset, split: str, cache_root: pathlib.Path) -> PreparedSplit:
-        """Prepare every frame of ``split`` (resuming earlier work), then the re-weighting groups."""
+        """Prepare every frame of ``split`` (resuming earlier work), then the re-weighting groups.
+
+        Concurrent processes split the scenes between them: a scene another process is preparing is
+        skipped and waited for at the end (``bench.locks``).
+        """
         folder = self.cache_dir(dataset, split, cache_root)
         (folder / "frames").mkdir(parents=True, exist_ok=True)
         (folder / "scenes").mkdir(exist_ok=True)
-        frame_ids: list[str] = []
-        for index in tqdm(range(dataset.num_scenes(split)), desc=f"prepare {dataset.info.name}/{split}"):
-            frame_ids += self._prepare_scene(dataset, split, index, folder)
-        if not frame_ids:
-            raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
-                            "(pretraining needs RGB-D frames attached to the scenes)")
-        groups = self._groups(folder, frame_ids)
+        clock, prepared = timing.Stopwatch(), 0
+        frames: dict[int, list[str]] = {}
+        with timing.span("preparation"):
+            deferred = []
+            for index in progress.bar(range(dataset.num_scenes(split)), desc=f"prepare {dataset.info.name}/{split}"):
+                done = self._finished_scene(dataset, split, index, folder)
+                if done is not None:
+                    frames[index] = done
+                    continue
+                with try_step_lock(self._lock(dataset, split, index, folder)) as held:
+                    if held:
+                        frames[index] = self._prepare_scene(dataset, split, index, folder)
+                        prepared += 1
+                    else:
+                        deferred.append(index)
+            for index in deferred:
+                with step_lock(self._lock(dataset, split, index, folder)):
+                    done = self._finished_scene(dataset, split, index, folder)
+                    frames[index] = done if done is not None else self._prepare_scene(dataset, split, index, folder)
+            frame_ids = [f for index in sorted(frames) for f in frames[index]]
+            if not frame_ids:
+                raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
+                                "(pretraining needs RGB-D frames attached to the scenes)")
+            with step_lock(folder / "locks" / "groups.lock"):
+                groups = self._groups(folder, frame_ids)
+        if prepared or deferred:
+            progress.step(f"preparation {dataset.info.name}/{split}",
+                          f"{prepared} of {len(frames)} scenes prepared in {progress.duration(clock.seconds)}"
+                          + (f" ({len(deferred)} by another process)" if deferred else ""))
         return PreparedSplit(folder, frame_ids, groups, self, dataset, split)
 
+    @staticmethod
+    def _manifest(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
+        return folder / "scenes" / f"{dataset.scene_id(split, index)}.json"
+
+    @staticmethod
+    def _lock(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
+        return folder / "locks" / f"{dataset.scene_id(split, index)}.lock"
+
+    def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str] | None:
+        """The frame ids of a scene whose manifest and frame files are complete, else None."""
+        manifest = self._manifest(dataset, split, index, folder)
+        if not manifest.is_file():
+            return None
+        done = json.loads(manifest.read_text())
+        files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
+        if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
+            return done["frames"]
+        return None
+
     def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str]:
-        manifest = folder / "scenes" / f"{dataset.scene_id(split, index)}.json"
-        if manifest.is_file():
-            done = json.loads(manifest.read_text())
-            files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
-            if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
-                return done["frames"]
-        scene = dataset.scene(split, index)
+        done = self._finished_scene(dataset, split, index, folder)
+        if done is not None:
+            return done
+        manifest = self._manifest(dataset, split, index, folder)
+        with timing.span("scene generation"):
+            scene = dataset.scene(split, index)
         frames, sizes, skipped = [], [], []
         for frame in scene.frames:
             prepared = self.prepare_frame(frame)
@@ -208,21 +257,30 @@ class PreparedSplit:
         self.frame_ids = list(frame_ids)
         self.groups = groups
         self._preparation, self._dataset, self._split = preparation, dataset, split
+        # A frame's region groups depend on the centroids, so the memory key names them too.
+        self._groups_key = fingerprint(np.asarray(groups["centroids"]))
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
     def __getitem__(self, i: int) -> PreparedFrame:
+        """The ``i``-th prepared frame with its regions' groups; frames read once stay in this process's
+        memory (read-only, within a byte budget, see ``datasets.memory_cache``)."""
         frame_id = self.frame_ids[i]
         path = self.folder / "frames" / f"{frame_id}.npz"
+        key = file_key(path, self._groups_key)
+        frame = _LOADED.get(key)
+        if frame is not None:
+            return frame
         try:
             frame = load_frame(path)
         except CacheError as e:
             print(f"warning: {e}; recomputing")
             self._preparation.recompute_frame(self._dataset, self._split, frame_id, self.folder)
             frame = load_frame(path)
+            key = file_key(path, self._groups_key)
         if frame.frame_id != frame_id:
             raise CacheError(f"{path}: holds frame {frame.frame_id!r}, expected {frame_id!r}")
         features = torch.from_numpy(frame.region_features.astype(np.float32))
         frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
-        return frame
+        return _LOADED.put(key, freeze_arrays(frame), array_bytes(frame))

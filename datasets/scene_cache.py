@@ -12,15 +12,18 @@ import zipfile
 import zlib
 
 import numpy as np
-from tqdm import tqdm
 
+from bench import progress, timing
 from bench.fingerprint import fingerprint
 from bench.io import atomic_write_bytes
+from bench.locks import step_lock, try_step_lock
+from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Scene
 
 _FIELDS = {"points": (np.float32, 2), "colors": (np.uint8, 2), "semantic": (np.int32, 1),
            "instance": (np.int32, 1), "boxes": (np.float32, 2), "box_labels": (np.int32, 1),
            "box_instance": (np.int32, 1)}
+_LOADED = ByteBudgetCache()  # scenes this process has read, shared by every CachedScenes of the process
 
 
 def _scene_bytes(scene: Scene) -> bytes:
@@ -46,6 +49,10 @@ def _load_scene(path: pathlib.Path) -> Scene | None:
 class CachedScenes:
     """The scenes of one split as a sequence, generated once and then read from the cache.
 
+    Scenes read once stay in this process's memory (read-only, within a byte budget: see
+    ``datasets.memory_cache``), so later epochs and rows do not decode the files again. Concurrent
+    processes split the generation of missing scenes between them (``bench.locks``).
+
     Args:
       dataset: anything with ``info``, ``num_scenes(split)``, ``scene_id(split, i)``, ``scene(split, i)``.
       split: the split to cache.
@@ -55,27 +62,66 @@ class CachedScenes:
     def __init__(self, dataset, split: str, cache_root: pathlib.Path):
         self.dataset = dataset
         self.split = split
-        key = fingerprint(dataset)
-        self.folder = pathlib.Path(cache_root) / "scenes" / f"{dataset.info.name}-{split}-{key}"
+        self.folder = self.folder_for(dataset, split, cache_root)
         self.ids = [dataset.scene_id(split, i) for i in range(dataset.num_scenes(split))]
-        missing = [i for i, sid in enumerate(self.ids) if not (self.folder / f"{sid}.npz").is_file()]
-        for i in tqdm(missing, desc=f"cache scenes {dataset.info.name}/{split}", disable=not missing):
-            self._write(i)
+        self._fill()
+
+    @staticmethod
+    def folder_for(dataset, split: str, cache_root: pathlib.Path) -> pathlib.Path:
+        """The cache folder of ``split``, keyed by the dataset's content fingerprint (nothing is generated)."""
+        return pathlib.Path(cache_root) / "scenes" / f"{dataset.info.name}-{split}-{fingerprint(dataset)}"
+
+    def _path(self, index: int) -> pathlib.Path:
+        return self.folder / f"{self.ids[index]}.npz"
+
+    def _lock(self, index: int) -> pathlib.Path:
+        return self.folder / "locks" / f"{self.ids[index]}.lock"
+
+    def _fill(self) -> None:
+        """Generate the scenes missing from the cache; a scene another process is generating is waited
+        for at the end, so two processes split the work instead of repeating it."""
+        missing = [i for i in range(len(self.ids)) if not self._path(i).is_file()]
+        if not missing:
+            return
+        clock, generated, deferred = timing.Stopwatch(), 0, []
+        with timing.span("scene cache"):
+            for i in progress.bar(missing, desc=f"cache scenes {self.dataset.info.name}/{self.split}"):
+                with try_step_lock(self._lock(i)) as held:
+                    if not held:
+                        deferred.append(i)
+                    elif not self._path(i).is_file():
+                        self._write(i)
+                        generated += 1
+            for i in deferred:
+                with step_lock(self._lock(i)):
+                    if not self._path(i).is_file():
+                        self._write(i)
+                        generated += 1
+        others = len(missing) - generated
+        progress.step(f"scenes {self.dataset.info.name}/{self.split}",
+                      f"{generated} generated in {progress.duration(clock.seconds)}"
+                      + (f" ({others} by another process)" if others else ""))
 
     def _write(self, index: int) -> Scene:
-        scene = self.dataset.scene(self.split, index)
-        atomic_write_bytes(self.folder / f"{scene.scene_id}.npz", _scene_bytes(scene))
+        with timing.span("scene generation"):
+            scene = self.dataset.scene(self.split, index)
+        atomic_write_bytes(self._path(index), _scene_bytes(scene))
         return without_frames(scene)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> Scene:
-        scene = _load_scene(self.folder / f"{self.ids[index]}.npz")
+        path = self._path(index)
+        key = file_key(path)
+        scene = _LOADED.get(key)
+        if scene is not None:
+            return scene
+        scene = _load_scene(path)
         if scene is None or scene.scene_id != self.ids[index]:
             print(f"warning: cached scene {self.ids[index]} in {self.folder} is unreadable; regenerating")
             return self._write(index)
-        return scene
+        return _LOADED.put(key, freeze_arrays(scene), array_bytes(scene))
 
 
 def without_frames(scene: Scene) -> Scene:

@@ -2,7 +2,8 @@
 
 AdamW with a linear warm-up then cosine decay per step, gradient-norm clipping, a checkpoint after every
 epoch (written atomically; loads with ``torch.load(weights_only=True)``), resumption from the last
-checkpoint, per-epoch loss curves through a logging callback, a progress bar. CPU and CUDA; bf16 autocast
+checkpoint, per-epoch loss curves through a logging callback, one progress line per finished run (and a
+bar per epoch on a terminal), and the time of every step's phases for the run's profile. CPU and CUDA; bf16 autocast
 only on CUDA (it is much slower than float32 on CPUs).
 
 Under torchrun (``bench.distributed``) the module is wrapped in DistributedDataParallel and each rank
@@ -14,6 +15,7 @@ checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -22,11 +24,11 @@ from collections.abc import Callable
 
 import gin
 import torch
-from tqdm import tqdm
 
-from bench import distributed
+from bench import distributed, progress, timing
 from bench.errors import HarnessError
 from bench.io import atomic_write_bytes
+from bench.locks import step_lock
 
 # Per-rank offset of the global seed of an epoch (drop-path, data-loader workers): ranks see different
 # data and should not draw the same noise; rank 0 keeps the single-process seed. Token masks come from
@@ -81,18 +83,43 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
           extra_state: dict | None = None) -> list[dict[str, float]]:
     """Train ``module`` (its ``forward(batch)`` returns a dict with a scalar ``loss``) and return the
     per-epoch mean of every returned value. Resumes from ``checkpoint`` if it exists; a finished
-    checkpoint trains nothing. ``dataset`` may have an ``epoch`` attribute, set before each epoch.
+    checkpoint trains nothing (it is loaded into ``module``). ``dataset`` may have an ``epoch``
+    attribute, set before each epoch. While one process trains a checkpoint, another one that wants
+    the same checkpoint waits for it (``bench.locks``). Time goes to ``name`` in the run's profile,
+    split into the phases of every step: data, forward, backward, optimizer.
     """
     device = schedule.resolve_device()
     module.to(device)
+    clock = timing.Stopwatch()
+    # Under torchrun only rank 0 locks: the others follow it through collectives, never through the cache.
+    # The lock lives beside the checkpoint's folder, which then holds the checkpoint alone.
+    lock_path = checkpoint.parent.parent / f"{checkpoint.parent.name}.{checkpoint.stem}.lock"
+    lock = step_lock(lock_path) if distributed.is_main() else contextlib.nullcontext()
+    with lock, timing.span(name):
+        state = load_checkpoint(checkpoint)  # under torchrun every rank loads the file rank 0 wrote
+        if state is not None and len(state["history"]) >= schedule.epochs:
+            module.load_state_dict(state["model"])
+            progress.step(name, f"cached ({schedule.epochs} epochs)")
+            return list(state["history"])
+        history = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name, extra_state,
+                                state, device)
+    first = len(state["history"]) if state is not None else 0
+    resumed = f" (resumed from the checkpoint of epoch {first})" if first else ""
+    progress.step(name, f"trained epochs {first + 1}-{schedule.epochs} of {schedule.epochs}{resumed} "
+                        f"in {progress.duration(clock.seconds)}")
+    return history
+
+
+def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
+                  log, name: str, extra_state, state: dict | None, device: torch.device) -> list[dict[str, float]]:
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    # foreach: one fused call per update instead of one per tensor; bitwise the same updates on CPU.
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
     batch_size, sampler = _shard(dataset, schedule, seed, name)
     steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
     total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     history: list[dict[str, float]] = []
-    state = load_checkpoint(checkpoint)  # under torchrun every rank loads the file rank 0 wrote
     if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -100,6 +127,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
         history = list(state["history"])
     model = _wrap(module, device) if sampler is not None else module
     autocast = device.type == "cuda" and schedule.bf16
+    phases = {phase: f"{name}{timing.PHASE_SEPARATOR}{phase}" for phase in ("data", "forward", "backward", "optimizer")}
     for epoch in range(len(history), schedule.epochs):
         # resumable: an epoch's randomness depends on its number (and the rank)
         torch.manual_seed(seed * 100_003 + epoch + _RANK_SEED_STRIDE * distributed.rank())
@@ -115,17 +143,25 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
                                                  collate_fn=collate, num_workers=schedule.num_workers)
         model.train()
         sums: dict[str, float] = {}
-        for batch in tqdm(loader, desc=f"{name} epoch {epoch + 1}/{schedule.epochs}", leave=False,
-                          disable=not distributed.is_main()):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        batches = iter(progress.bar(loader, desc=f"{name} epoch {epoch + 1}/{schedule.epochs}")
+                       if distributed.is_main() else loader)
+        while True:
+            with timing.span(phases["data"]):
+                batch = next(batches, None)
+                if batch is not None:
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if batch is None:
+                break
+            with timing.span(phases["forward"]), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if schedule.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            with timing.span(phases["backward"]):
+                optimizer.zero_grad(set_to_none=True)
+                out["loss"].backward()
+            with timing.span(phases["optimizer"]):
+                if schedule.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
+                optimizer.step()
+                scheduler.step()
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         epoch_means = distributed.all_reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()})

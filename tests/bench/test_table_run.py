@@ -96,6 +96,9 @@ def test_an_interrupted_table_continues_where_it_stopped(tmp_path):
     again = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(torch.load(first_stage, weights_only=True)["history"]) == 30
-    # It resumed: the progress bars start at the first unfinished epoch, not at epoch 1.
-    assert "pretrain/stage1 epoch 1/30" not in again.stderr
-    assert f"pretrain/stage1 epoch {epochs_done + 1}/30" in again.stderr
+    # It resumed: the stage's progress line starts at the first unfinished epoch, not at epoch 1.
+    assert "pretrain/stage1: trained epochs 1-30" not in again.stdout
+    assert (f"pretrain/stage1: trained epochs {epochs_done + 1}-30 of 30 (resumed from the checkpoint of "
+            f"epoch {epochs_done})") in again.stdout
+    # A log that is not a terminal gets progress lines, not per-epoch bars full of carriage returns.
+    assert "\r" not in again.stdout + again.stderr
