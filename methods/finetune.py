@@ -13,7 +13,9 @@ import pathlib
 import gin
 import torch
 
+from bench import timing
 from bench.fingerprint import fingerprint
+from bench.seeding import derive_seed, torch_seeded
 from datasets.types import Detections, Scene
 from methods.downstream.detection import DetectionObjective, Detector3D, predict_batch
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
@@ -36,20 +38,36 @@ class _Finetune:
         self.schedule = schedule or TrainSchedule()
         self.augment = augment
 
+    def step_seed(self, seed: int) -> int:
+        """The seed of everything random in this fine-tuning run (initialisation, data order, augmentation,
+        tokens, dropout): the row's ``seed`` and the task, the same for every row (``bench.seeding``)."""
+        return derive_seed(seed, f"finetune/{self.task}")
+
     def _encoder(self, pretrained_state, source: str) -> torch.nn.Module:
         encoder = self.encoder.build()
         load_pretrained_encoder(encoder, pretrained_state, source)
         return encoder
 
-    def _fit(self, objective: torch.nn.Module, pretrain_key: str, scenes, info, cache_root, seed: int) -> list[dict]:
-        key = fingerprint(self, pretrain_key, scenes.folder.name, seed)
+    def key(self, pretrain_key: str, scenes, seed: int) -> str:
+        """Content key of the fine-tuned model: this configuration, the pretraining chain (``"none"``),
+        the training scenes and the seed."""
+        return fingerprint(self, pretrain_key, scenes.folder.name, seed)
+
+    def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int):
+        """Build the model (``build()`` -> (model, training objective)) from this run's seed, then train
+        (or resume, or reuse) it; returns (model, per-epoch history)."""
+        key = self.key(pretrain_key, scenes, seed)
         folder = pathlib.Path(cache_root) / "finetune" / f"{self.task}-{key}"
+        step_seed = self.step_seed(seed)
+        with torch_seeded(step_seed), timing.span(f"finetune/{self.task}"):
+            model, objective = build()
         # Rotating an axis-aligned dataset (ScanNet) would give its boxes a yaw the model cannot predict.
         rotation = math.pi if info.has_yaw else 0.0
-        data = SceneSamples(scenes, self.num_points, self.tokenizer, seed, augment=self.augment,
+        data = SceneSamples(scenes, self.num_points, self.tokenizer, step_seed, augment=self.augment,
                             max_rotation=rotation)
-        return train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", seed,
-                     name=f"finetune/{self.task}")
+        history = train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", step_seed,
+                        name=f"finetune/{self.task}")
+        return model, history
 
 
 @gin.register
@@ -75,11 +93,12 @@ class SegmentationFinetune(_Finetune):
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Train (or resume, or reuse) the segmenter; returns (model, per-epoch history)."""
-        model = PointSegmenter(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
-                               len(info.seg_classes), hidden=self.hidden, protocol=self.protocol)
-        history = self._fit(SegmentationObjective(model, ignore_index=info.ignore_index), pretrain_key,
-                            scenes, info, cache_root, seed)
-        return model, history
+        def build():
+            model = PointSegmenter(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
+                                   len(info.seg_classes), hidden=self.hidden, protocol=self.protocol)
+            return model, SegmentationObjective(model, ignore_index=info.ignore_index)
+
+        return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
 
     def predict(self, model, scene: Scene, seed: int):
         return predict_scene_labels(model, scene, self.tokenizer, self.num_points, seed)
@@ -115,11 +134,13 @@ class DetectionFinetune(_Finetune):
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
-        model = Detector3D(self._encoder(pretrained_state, f"pretraining {pretrain_key}"), len(info.det_classes),
-                           info.has_yaw, num_queries=self.num_queries, decoder_depth=self.decoder_depth,
-                           query_from_tokens=self.query_from_tokens)
-        history = self._fit(DetectionObjective(model), pretrain_key, scenes, info, cache_root, seed)
-        return model, history
+        def build():
+            model = Detector3D(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
+                               len(info.det_classes), info.has_yaw, num_queries=self.num_queries,
+                               decoder_depth=self.decoder_depth, query_from_tokens=self.query_from_tokens)
+            return model, DetectionObjective(model)
+
+        return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
 
     def predict(self, model, scene: Scene, seed: int) -> Detections:
         data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
@@ -145,16 +166,23 @@ class FinetuneRow:
         self._models: dict[str, torch.nn.Module] = {}
         self._seed = 0
 
+    def _tasks(self):
+        return [(name, spec) for name, spec in (("seg", self.segmentation), ("det", self.detection)) if spec]
+
     def run(self, context) -> dict[str, float]:
-        """Pretrain (cached), fine-tune each task (cached), evaluate on the evaluation split."""
+        """Pretrain (cached), fine-tune each task (cached), evaluate on the evaluation split (cached:
+        a row whose every step is unchanged returns its evaluation without loading a model)."""
+        scenes = context.scenes(context.train_split)
+        pretrain_key = self.pretrain.key(context) if self.pretrain is not None else "none"
+        models = {name: spec.key(pretrain_key, scenes, context.seed) for name, spec in self._tasks()}
+        return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))
+
+    def _run(self, context, scenes) -> dict[str, float]:
         self._seed = context.seed
         pretrained = self.pretrain.pretrain(context) if self.pretrain is not None else None
         state, key = (pretrained.encoder, pretrained.key) if pretrained else (None, "none")
         metrics = dict(pretrained.metrics) if pretrained else {}
-        scenes = context.scenes(context.train_split)
-        for name, spec in (("seg", self.segmentation), ("det", self.detection)):
-            if spec is None:
-                continue
+        for name, spec in self._tasks():
             model, history = spec.fit(state, key, scenes, context.dataset.info, context.cache_root, context.seed)
             self._models[name] = model
             for epoch, values in enumerate(history):

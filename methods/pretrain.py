@@ -13,8 +13,10 @@ import pathlib
 import gin
 import torch
 
+from bench import timing
 from bench.distributed import main_first
 from bench.fingerprint import fingerprint
+from bench.seeding import derive_seed, torch_seeded
 from methods.batching import TokenizedFrames, collate
 from methods.train import TrainSchedule, train
 
@@ -45,6 +47,16 @@ class PretrainStage:
         before = self.previous.key(data_key, seed) if self.previous is not None else None
         return fingerprint(self.name, self.objective, self.tokenizer, self.schedule, before, data_key, seed)
 
+    @property
+    def depth(self) -> int:
+        """How many stages come before this one in its chain (0 for a first stage)."""
+        return 0 if self.previous is None else self.previous.depth + 1
+
+    def step_seed(self, seed: int) -> int:
+        """The seed of everything random in this stage (initialisation, data order, tokens, masks,
+        drop-path): the row's ``seed`` and the stage's place in its chain (``bench.seeding``)."""
+        return derive_seed(seed, f"pretrain/{self.depth}")
+
     def run(self, prepared, data_key: str, cache_root: pathlib.Path, seed: int) -> dict:
         """Train (or resume, or reuse) this stage after the ones before it; returns ``encoder`` (the state
         dict handed on) and ``histories`` (stage name -> per-epoch losses, for the whole chain)."""
@@ -54,10 +66,11 @@ class PretrainStage:
             previous, histories = before["encoder"], before["histories"]
         folder = pathlib.Path(cache_root) / "stages" / f"{self.name}-{self.key(data_key, seed)}"
         teacher_dim = int(prepared[0].region_features.shape[1])
-        torch.manual_seed(seed)
-        module = self.objective.build(teacher_dim, prepared.groups["weights"], previous)
-        history = train(module, TokenizedFrames(prepared, self.tokenizer, seed), collate, self.schedule,
-                        folder / "checkpoint.pt", seed, name=f"pretrain/{self.name}")
+        step_seed = self.step_seed(seed)
+        with torch_seeded(step_seed), timing.span(f"pretrain/{self.name}"):
+            module = self.objective.build(teacher_dim, prepared.groups["weights"], previous, seed=step_seed)
+        history = train(module, TokenizedFrames(prepared, self.tokenizer, step_seed), collate, self.schedule,
+                        folder / "checkpoint.pt", step_seed, name=f"pretrain/{self.name}")
         return {"encoder": {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()},
                 "histories": {**histories, self.name: history}}
 
@@ -94,10 +107,19 @@ class PretrainRow:
         self.dataset = dataset
         self.split = split
 
+    def _source(self, context) -> tuple:
+        """(dataset, split) of the pretraining frames."""
+        return (context.dataset if self.dataset is None else self.dataset,
+                context.train_split if self.split is None else self.split)
+
+    def key(self, context) -> str:
+        """The content key of this row's pretrained encoder, computed without preparing or training."""
+        dataset, split = self._source(context)
+        return self.stage.key(self.preparation.cache_dir(dataset, split, context.cache_root).name, context.seed)
+
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
-        dataset = context.dataset if self.dataset is None else self.dataset
-        split = context.train_split if self.split is None else self.split
+        dataset, split = self._source(context)
         with main_first():  # under torchrun rank 0 fills the cache, then the other ranks read it
             prepared = self.preparation.prepare(dataset, split, context.cache_root)
         context.notes.setdefault("pretraining data", f"{dataset.info.name}/{split}")

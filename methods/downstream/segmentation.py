@@ -19,7 +19,7 @@ from torch import nn
 
 from datasets.types import IGNORE_INDEX, Scene
 from methods.downstream.scene_batch import scene_sample, scene_tokens
-from methods.encoder import TransformerEncoder, init_weights
+from methods.encoder import Dropout, TransformerEncoder, init_weights
 
 PROTOCOLS = ("full", "probe")
 _FAR = 1e10  # metres: where padding centres are put for the neighbour search
@@ -89,7 +89,7 @@ class PointSegmenter(nn.Module):
         self.encoder_frozen = False
         self.fc1 = nn.Linear(encoder.width + point_channels, hidden)
         self.norm = nn.BatchNorm1d(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc2 = nn.Linear(hidden, num_classes)
         for layer in (self.fc1, self.norm, self.fc2):
             layer.apply(init_weights)

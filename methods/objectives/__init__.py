@@ -1,7 +1,8 @@
 """Pretraining objectives (DESIGN.md 2.5-2.8) as gin-registered specs that build torch modules.
 
-Every spec has ``build(teacher_dim, group_weights, previous) -> nn.Module``; ``previous`` is the
-``state_dict`` of the previous stage's encoder (or None). The built module's ``forward(batch)``
+Every spec has ``build(teacher_dim, group_weights, previous, seed) -> nn.Module``; ``previous`` is the
+``state_dict`` of the previous stage's encoder (or None), ``seed`` the stage's seed (the masks derive
+from it and the spec's own ``seed`` offset; ``bench.seeding``). The built module's ``forward(batch)``
 returns ``{"loss": total to backpropagate, <component>: detached value, ...}`` and its ``encoder``
 attribute is the ``TransformerEncoder`` handed to the next stage or to fine-tuning. Optimise only
 ``p.requires_grad`` parameters (MTP's frozen teacher is a registered submodule). Batch layout:

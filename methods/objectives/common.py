@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.seeding import derive_seed
 from methods.encoder import TransformerDecoder, TransformerEncoder
 from methods.losses import mixed_region_targets
 from methods.masking import random_token_mask, selection_index, take_tokens
@@ -188,6 +189,12 @@ def fill_defaults(spec: object, **factories) -> None:
     for name, factory in factories.items():
         if getattr(spec, name) is None:
             object.__setattr__(spec, name, factory())
+
+
+def mask_seed(step_seed: int, offset: int) -> int:
+    """The seed of an objective's mask stream: the stage's seed (derived from the row's seed, so every
+    seed of a table draws its own masks) mixed with the spec's ``seed`` field, an offset a user may vary."""
+    return derive_seed(step_seed, "masks", offset)
 
 
 def check_ratio(ratio: float) -> None:

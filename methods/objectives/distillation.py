@@ -20,7 +20,7 @@ from methods.encoder import (DecoderSpec, EncoderSpec, ProjectionHead, Transform
 from methods.losses import instance_loss, masked_mean_pool, masked_token_loss, region_distillation_loss
 from methods.objectives.common import (REGION_KEYS, TOKEN_KEYS, Batch, MaskSampler, TokenSplit,
                                        as_group_weights, balanced_weights, check_ratio, decode_masked,
-                                       encode_visible, fill_defaults, load_encoder, logged,
+                                       encode_visible, fill_defaults, load_encoder, logged, mask_seed,
                                        region_targets, require)
 from methods.reweighting import GroupBalancing
 
@@ -72,8 +72,9 @@ class RegionDistillation:
         fill_defaults(self, encoder=EncoderSpec, balancing=GroupBalancing)
 
     def build(self, teacher_dim: int, group_weights: GroupWeights = None,
-              previous: State = None) -> RegionDistillationModel:
-        """The Stage-1 module for a teacher of ``teacher_dim`` channels and the prepared group weights."""
+              previous: State = None, seed: int = 0) -> RegionDistillationModel:
+        """The Stage-1 module for a teacher of ``teacher_dim`` channels and the prepared group weights
+        (``seed`` is unused: Stage 1 masks nothing)."""
         model = RegionDistillationModel(self.encoder.build(), teacher_dim, self.balancing, group_weights,
                                         self.projection_hidden)
         if previous is not None:
@@ -142,11 +143,13 @@ class DistillationWithMTP:
         check_ratio(self.mask_ratio)
 
     def build(self, teacher_dim: int, group_weights: GroupWeights = None,
-              previous: State = None) -> DistillationWithMTPModel:
-        """The one-stage distillation + MTP module."""
+              previous: State = None, seed: int = 0) -> DistillationWithMTPModel:
+        """The one-stage distillation + MTP module; ``seed`` (the stage's) and the spec's ``seed`` give
+        the mask stream."""
         encoder = self.encoder.build()
         model = DistillationWithMTPModel(encoder, self.decoder.build(encoder.width), teacher_dim,
-                                         self.balancing, group_weights, self.mask_ratio, self.seed)
+                                         self.balancing, group_weights, self.mask_ratio,
+                                         mask_seed(seed, self.seed))
         if previous is not None:
             load_encoder(model.encoder, previous, type(self).__name__)
         return model

@@ -19,7 +19,7 @@ from methods.encoder import (DecoderSpec, EncoderSpec, ProjectionHead, Transform
 from methods.losses import instance_loss, masked_mean_pool, masked_token_loss
 from methods.objectives.common import (TOKEN_KEYS, Batch, MaskSampler, TokenSplit, check_ratio,
                                        decode_masked, encode_visible, fill_defaults, load_encoder,
-                                       logged, require)
+                                       logged, mask_seed, require)
 
 INIT_STUDENT = ("teacher", "scratch")
 
@@ -91,8 +91,9 @@ class MaskedTokenPrediction:
             raise ValueError(f"init_student: expected one of {INIT_STUDENT}, got {self.init_student!r}")
 
     def build(self, teacher_dim: int | None = None, group_weights: np.ndarray | torch.Tensor | None = None,
-              previous: Mapping[str, torch.Tensor] | None = None) -> MaskedTokenPredictionModel:
-        """The Stage-2 module: teacher loaded from ``previous``, student per ``init_student``."""
+              previous: Mapping[str, torch.Tensor] | None = None, seed: int = 0) -> MaskedTokenPredictionModel:
+        """The Stage-2 module: teacher loaded from ``previous``, student per ``init_student``; ``seed`` (the
+        stage's) and the spec's ``seed`` give the mask stream."""
         name = type(self).__name__
         if previous is None:
             raise ValueError(f"{name} needs the Stage-1 encoder as `previous` (its frozen teacher); "
@@ -103,4 +104,4 @@ class MaskedTokenPrediction:
         if self.init_student == "teacher":
             load_encoder(student, previous, name)
         return MaskedTokenPredictionModel(teacher, student, self.decoder.build(student.width),
-                                          self.mask_ratio, self.seed)
+                                          self.mask_ratio, mask_seed(seed, self.seed))

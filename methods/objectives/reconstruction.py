@@ -18,7 +18,7 @@ from methods.encoder import (DecoderSpec, EncoderSpec, ProjectionHead, Transform
 from methods.losses import chamfer_l2, masked_mean_pool, smooth_l1_distillation
 from methods.objectives.common import (REGION_KEYS, TOKEN_KEYS, Batch, MaskSampler, TokenSplit,
                                        check_ratio, decode_masked, encode_visible, fill_defaults,
-                                       load_encoder, logged, region_targets, require)
+                                       load_encoder, logged, mask_seed, region_targets, require)
 
 GroupWeights = np.ndarray | torch.Tensor | None
 State = Mapping[str, torch.Tensor] | None
@@ -79,11 +79,12 @@ class PointMAE:
         check_ratio(self.mask_ratio)
 
     def build(self, teacher_dim: int | None = None, group_weights: GroupWeights = None,
-              previous: State = None) -> PointMAEModel:
-        """The Point-MAE module; ``previous`` (optional) warm-starts the encoder (strict load)."""
+              previous: State = None, seed: int = 0) -> PointMAEModel:
+        """The Point-MAE module; ``previous`` (optional) warm-starts the encoder (strict load); ``seed``
+        (the stage's) and the spec's ``seed`` give the mask stream."""
         encoder = self.encoder.build()
-        model = PointMAEModel(encoder, self.decoder.build(encoder.width), self.mask_ratio, self.seed,
-                              self.num_points)
+        model = PointMAEModel(encoder, self.decoder.build(encoder.width), self.mask_ratio,
+                              mask_seed(seed, self.seed), self.num_points)
         if previous is not None:
             load_encoder(model.encoder, previous, type(self).__name__)
         return model
@@ -143,11 +144,13 @@ class Bridge3DStyle:
         check_ratio(self.mask_ratio)
 
     def build(self, teacher_dim: int, group_weights: GroupWeights = None,
-              previous: State = None) -> Bridge3DStyleModel:
-        """The Bridge3D-style module; ``previous`` (optional) warm-starts the encoder (strict load)."""
+              previous: State = None, seed: int = 0) -> Bridge3DStyleModel:
+        """The Bridge3D-style module; ``previous`` (optional) warm-starts the encoder (strict load); ``seed``
+        (the stage's) and the spec's ``seed`` give the mask stream."""
         encoder = self.encoder.build()
         model = Bridge3DStyleModel(encoder, self.decoder.build(encoder.width), teacher_dim, self.mask_ratio,
-                                   self.seed, self.num_points, self.scene_weight, self.region_weight)
+                                   mask_seed(seed, self.seed), self.num_points, self.scene_weight,
+                                   self.region_weight)
         if previous is not None:
             load_encoder(model.encoder, previous, type(self).__name__)
         return model

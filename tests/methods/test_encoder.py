@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.encoder import DecoderSpec, EncoderSpec, TransformerDecoder, TransformerEncoder
+from methods.encoder import DecoderSpec, Dropout, EncoderSpec, TransformerDecoder, TransformerEncoder, _PointNorm
 from methods.masking import selection_index, take_tokens
 
 B, G, K, W = 3, 6, 8, 32
@@ -174,3 +174,47 @@ def test_spec_is_configurable_with_gin():
     spec, dec = gin.get_configurable("tests.encoder.EncoderHolder")()
     assert (spec.width, spec.depth, spec.heads) == (64, 1, 4)
     assert len(dec.build(spec.width).stack.blocks) == 1
+
+
+def test_point_batchnorm_has_the_statistics_of_batchnorm_over_the_transposed_layout():
+    # _PointNorm normalises (N, K, C) on a contiguous (N*K, C) view; the maths is BatchNorm1d over
+    # (N, C, K), so values and gradients agree up to float rounding (only the summation order differs).
+    norm = _PointNorm(16, "batch")
+    reference = torch.nn.BatchNorm1d(16)
+    reference.load_state_dict(norm.norm.state_dict())
+    x = torch.randn(10, 8, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = norm(a)
+    expected = reference(b.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weight).sum().backward()
+    (expected * weight).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.norm.running_var, reference.running_var)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
+    drop = Dropout(0.25)
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # gradient: the same mask and scale
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_dropout_draws_from_the_global_generator():
+    drop = Dropout(0.5)
+    x = torch.ones(64)
+    torch.manual_seed(3)
+    first = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), first)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.downstream.detection.boxes import bin_to_angle
-from methods.encoder import PositionEmbed, TransformerEncoder
+from methods.encoder import Dropout, PositionEmbed, TransformerEncoder
 from methods.tokenizers.sampling import farthest_point_sampling
 
 # exp() of the log-extent head is clamped to [e^-7, e^5] m (~1 mm .. 148 m): never 0 or inf.
@@ -95,9 +95,9 @@ class DecoderLayer(nn.Module):
         self.self_attn = _Attention(width, heads, dropout)
         self.cross_attn = _Attention(width, heads, dropout)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), Dropout(dropout),
                                  nn.Linear(hidden, width))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, query_valid: torch.Tensor,
                 memory: torch.Tensor, memory_pos: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
@@ -112,8 +112,8 @@ def _head(width: int, out: int, dropout: float) -> nn.Sequential:
     # 3DETR's GenericMLP: two hidden layers of the decoder width, ReLU, dropout. LayerNorm replaces
     # its BatchNorm so padded queries never enter normalisation statistics.
     return nn.Sequential(
-        nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), Dropout(dropout),
+        nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), Dropout(dropout),
         nn.Linear(width, out))
 
 

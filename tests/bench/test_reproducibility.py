@@ -1,0 +1,117 @@
+"""A table's cells depend on its configuration and seeds only: not on what the cache held, nor on
+whether rows ran in this process or in parallel workers; a finished row is answered from the cache."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import gin
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import bench.runner
+from bench.config import parse_config
+from bench.errors import HarnessError
+from bench.runner import Experiment
+from bench.tracking import default_tracking_uri
+
+TABLE = ["tables/table3_smoke.gin"]
+SEEDS = ["Experiment.seeds = 2"]
+
+
+def _run(results, bindings=()):
+    gin.clear_config()
+    parse_config(TABLE, [*SEEDS, *bindings])
+    folder = Experiment().run(results)
+    return {(r["row"], r["seed"]): r["metrics"] for r in json.loads((folder / "metrics.json").read_text())["runs"]}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for job in a:
+        assert a[job].keys() == b[job].keys(), job
+        for key, value in a[job].items():
+            other = b[job][key]
+            assert value == other or (value is None and other is None), (job, key, value, other)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    results = tmp_path_factory.mktemp("straight")
+    return results, _run(results)
+
+
+def test_cells_do_not_depend_on_what_the_cache_held(straight, tmp_path):
+    results, cells = straight
+    again = tmp_path / "again"
+    shutil.copytree(results / "cache", again / "cache")
+    # empty the cache step by step: results, then fine-tuned models, then a first stage, then preparation
+    shutil.rmtree(again / "cache" / "results")
+    for checkpoint in (again / "cache" / "finetune").rglob("checkpoint.pt"):
+        checkpoint.unlink()
+    _same(cells, _run(again))
+    shutil.rmtree(again / "cache" / "results")
+    for stage in (again / "cache" / "stages").glob("stage1_knn_nobr-*/"):
+        shutil.rmtree(stage)
+    for checkpoint in (again / "cache" / "finetune").rglob("checkpoint.pt"):
+        checkpoint.unlink()
+    _same(cells, _run(again))
+
+
+def test_a_parallel_run_gives_the_cells_of_a_sequential_one(straight, tmp_path):
+    _, cells = straight
+    _same(cells, _run(tmp_path, ["Experiment.workers = 2"]))
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 12 and {r.info.status for r in runs} == {"FINISHED"}
+    # the workers' loss curves reached MLflow through the parent
+    child = next(r for r in children if r.data.tags["row"] == "DD+MTP" and r.data.tags["seed"] == "0")
+    assert len(client.get_metric_history(child.info.run_id, "pretrain/stage2_knn_nobr/loss")) == 1  # 1 epoch
+    assert child.data.metrics["synthetic/seg/mIoU"] == cells[("DD+MTP", 0)]["synthetic/seg/mIoU"]
+
+
+def test_the_seeds_of_a_table_draw_their_own_numbers(straight):
+    _, cells = straight
+    assert cells[("DD+MTP", 0)]["pretrain/stage2_knn_nobr/loss_last"] != cells[("DD+MTP", 1)]["pretrain/stage2_knn_nobr/loss_last"]
+
+
+def test_a_rerun_of_a_finished_table_loads_no_model(straight, tmp_path, monkeypatch, capsys):
+    results, cells = straight
+    shutil.copytree(results / "cache", tmp_path / "cache")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished row loaded a checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_loading)
+    _same(cells, _run(tmp_path))
+    assert "evaluation: read from the cache" in capsys.readouterr().out
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
+    child = next(r for r in runs if r.data.tags.get("row") == "DD")
+    assert client.get_metric_history(child.info.run_id, "finetune/seg/loss")  # curves replayed from the cache
+
+
+def test_a_changed_metric_code_is_never_answered_from_the_cache(straight, tmp_path, monkeypatch, capsys):
+    results, cells = straight
+    shutil.copytree(results / "cache", tmp_path / "cache")
+    monkeypatch.setattr(bench.runner, "metric_code_fingerprint", lambda: "another version")
+    _same(cells, _run(tmp_path))
+    assert "read from the cache" not in capsys.readouterr().out
+
+
+def test_a_failing_row_in_a_worker_fails_its_run_in_one_line(tmp_path):
+    with pytest.raises(HarnessError, match="no frame of synthetic/train"):
+        _run(tmp_path, ["Experiment.workers = 2", "SyntheticIndoor.num_train = 0",
+                        "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}"])
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed and any("no frame" in r.data.tags.get("error", "") for r in failed)
+    assert "RUNNING" not in {r.info.status for r in runs}
