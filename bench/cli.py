@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from bench import timing
+from bench import mlflow_store, timing
 from bench.errors import HarnessError
 
 DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     clock = timing.Stopwatch()
+    if os.environ.get("RANK", "0") == "0":  # torchrun ranks > 0 never talk to MLflow
+        mlflow_store.prewarm()  # MLflow's import overlaps torch's and the config's
+    try:
+        return _run(args, clock)
+    finally:
+        mlflow_store.shutdown()  # the helper finishes the writes already sent (KILLED statuses included)
+
+
+def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
     try:
         with timing.span("imports and config"):
             from bench.config import describe_gin_error, parse_config

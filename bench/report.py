@@ -9,13 +9,16 @@ import os
 import pathlib
 import platform
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from bench.plots.ablation import loss_curves_from_mlflow, plot_ablation, plot_class_iou_vs_frequency, plot_loss_curves
+from bench.fingerprint import fingerprint
+from bench.io import atomic_write_bytes
+from bench.mlflow_store import as_store
 from bench.summary import finite_mean
-from bench.tables import TableSpec, build_table, load_paper_table, records_from_mlflow, write_table
+from bench.tables import TableSpec, build_table, load_paper_table, records_from_mlflow, simulation_label, write_table
 
 
 def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float) -> dict:
@@ -39,25 +42,64 @@ def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wal
     }
 
 
-def write_report(folder: pathlib.Path, spec: TableSpec, tracking_uri: str, parent_run_id: str,
-                 class_counts: dict[str, int], convention: dict) -> list[pathlib.Path]:
-    """Table (CSV, Markdown, LaTeX) and plots for one invocation; returns the written paths."""
-    records = records_from_mlflow(tracking_uri, parent_run_id)
+def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id: str,
+                 class_counts: dict[str, int], convention: dict,
+                 figure_cache: pathlib.Path | None = None) -> list[pathlib.Path]:
+    """Table (CSV, Markdown, LaTeX) and plots for one invocation; returns the written paths.
+
+    With ``figure_cache``, a figure drawn before from the same inputs is copied instead of drawn again
+    (a re-run of a finished table has the same numbers, and drawing cost most of its time).
+    """
+    store = as_store(tracking)  # a tracking URI or a store (bench.mlflow_store)
+    records = records_from_mlflow(store, parent_run_id)
     paper = load_paper_table(spec.paper_table) if spec.paper_table else None
     table = build_table(records, spec, paper)
     paths = list(write_table(folder, table, spec, convention))
-    paths.append(plot_ablation(table, spec, folder / f"{spec.name}_ablation.png", convention))
+    label = simulation_label(convention)  # all the figures read of the conventions
+    paths.append(_figure(figure_cache, folder / f"{spec.name}_ablation.png",
+                         lambda path, c: _plots().plot_ablation(table, spec, path, c),
+                         table.to_csv(index=False), spec, label))
     per_class = _per_class_iou(records)
     if per_class and class_counts:
-        paths.append(plot_class_iou_vs_frequency(per_class, class_counts, folder / f"{spec.name}_class_iou.png",
-                                                 f"{spec.name}: per-class IoU vs training frequency", convention))
+        title = f"{spec.name}: per-class IoU vs training frequency"
+        paths.append(_figure(figure_cache, folder / f"{spec.name}_class_iou.png",
+                             lambda path, c: _plots().plot_class_iou_vs_frequency(per_class, class_counts, path, title, c),
+                             per_class, class_counts, title, label))
     run_ids = [r["run_id"] for r in records]
     for stage in ("pretrain", "finetune"):
-        curves = loss_curves_from_mlflow(tracking_uri, run_ids, prefix=f"{stage}/")
+        curves = loss_curves_from_mlflow(store, run_ids, prefix=f"{stage}/")
         if curves:
-            paths.append(plot_loss_curves(curves, folder / f"{spec.name}_{stage}_loss.png",
-                                          f"{spec.name}: {stage} loss", conventions=convention))
+            title = f"{spec.name}: {stage} loss"
+            paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png",
+                                 lambda path, c, curves=curves, title=title:
+                                 _plots().plot_loss_curves(curves, path, title, conventions=c),
+                                 curves, title, label))
     return paths
+
+
+def _plots():
+    """The plotting module, imported (with matplotlib) only when a figure is really drawn."""
+    from bench.plots import ablation
+
+    return ablation
+
+
+def _figure(cache: pathlib.Path | None, path: pathlib.Path, draw: Callable[[pathlib.Path, dict], pathlib.Path],
+            *inputs) -> pathlib.Path:
+    """``draw(path, conventions)``, or a copy of the figure drawn before from the same ``inputs`` (the
+    last one is the simulation label, the only convention a figure shows)."""
+    convention = {"simulation": bool(inputs[-1])}
+    if cache is None:
+        return draw(path, convention)
+    cached = cache / f"{path.stem}-{fingerprint(path.name, _plot_code_fingerprint(), *inputs)}.png"
+    if not cached.is_file():
+        draw(cached, convention)
+    return atomic_write_bytes(path, cached.read_bytes())
+
+
+def _plot_code_fingerprint() -> str:
+    here = pathlib.Path(__file__).resolve().parent
+    return fingerprint([(here / "plots" / "ablation.py").read_bytes()])
 
 
 def _per_class_iou(records: list[dict]) -> dict[str, dict[str, float]]:
@@ -78,3 +120,29 @@ def class_point_counts(scenes, seg_classes: tuple[str, ...]) -> dict[str, int]:
         labels = scene.semantic[scene.semantic >= 0]
         counts += np.bincount(labels, minlength=len(seg_classes))
     return {name: int(n) for name, n in zip(seg_classes, counts)}
+
+
+def loss_curves_from_mlflow(tracking, run_ids: Sequence[str], prefix: str = "pretrain/",
+                            suffix: str = "/loss") -> dict[str, list[tuple[int, float]]]:
+    """Metric histories of the keys ``prefix...suffix`` of each run, labelled ``row seed=s key``.
+
+    ``tracking`` is a tracking URI or a store (``bench.mlflow_store``). The default keys are each
+    stage's total loss per epoch (``pretrain/<stage>/loss``, step = epoch). A step logged twice (a rerun
+    into the same run) keeps its latest value.
+    """
+    store = as_store(tracking)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for run_id in run_ids:
+        run = store.run_data(run_id)
+        tags = run["tags"]
+        who = f"{tags['row']} seed={tags.get('seed', '?')}" if "row" in tags else run_id[:8]
+        for key in sorted(run["metrics"]):
+            if not (key.startswith(prefix) and key.endswith(suffix)):
+                continue
+            latest: dict[int, tuple[int, float]] = {}
+            for step, stamp, value in store.metric_history(run_id, key):
+                if step not in latest or stamp >= latest[step][0]:
+                    latest[step] = (stamp, value)
+            label = f"{who} {key.removeprefix(prefix).removesuffix(suffix) or key}"
+            curves[label] = [(step, value) for step, (_, value) in sorted(latest.items())]
+    return curves

@@ -8,6 +8,7 @@ log it, print the summary. Under torchrun every rank runs the rows (training is 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +28,7 @@ from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
 from bench.tracking import NullRun, NullTracker, RecordingRun, RunHandle, Tracker, metric_safe, resolve_tracking_uri
-from bench.workers import JobOutcome, resolve_workers, run_in_workers
+from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
 
 
@@ -85,15 +86,10 @@ class Experiment:
     def run(self, results_dir: str | os.PathLike) -> pathlib.Path | None:
         """Run every row and seed; return the results folder of this invocation (None on torchrun
         ranks > 0, which write no results)."""
-        # --- where results go, and the tracking store: both checked before any work (on rank 0 first:
-        #     a failure there stops every torchrun rank with the same one-line message)
+        # --- where results go, checked before any work (on rank 0 first: a failure there stops every
+        #     torchrun rank with the same one-line message)
         with distributed.main_first():
             results_dir = check_writable_dir(results_dir)
-            uri = resolve_tracking_uri(self.tracking_uri, results_dir)
-            embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
-            tracker = (Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
-                       if distributed.is_main() else NullTracker())
-            tracker.connect()
         # --- every row is built once now, so a component that cannot be built fails before any training
         for row, factory in self.rows.items():
             try:
@@ -103,17 +99,31 @@ class Experiment:
             except Exception as e:
                 raise HarnessError(f"row {row!r} cannot be built: {type(e).__name__}: {e}") from None
         config_text = gin.config_str()
+        jobs = self._jobs(results_dir)
+        workers = resolve_workers(self.workers, len(jobs), self.torch_threads, _uses_accelerator(),
+                                  distributed.is_initialized())
         threads = _set_torch_threads(self.torch_threads)
-        try:
-            if not distributed.is_main():
-                # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
-                self._run_rows(tracker, NullRun(self.name), results_dir, config_text)
-                return None
-            return self._run_with_results(tracker, uri, results_dir, config_text)
-        finally:
-            _set_torch_threads(threads)
+        # Workers start now, so their start-up overlaps reaching the tracking store; they get no job
+        # before it is reached.
+        with WorkerPool(config_text, workers, self.torch_threads) if workers > 1 else contextlib.nullcontext() as pool:
+            try:
+                # --- the tracking store, also checked before any work
+                with distributed.main_first():
+                    uri = resolve_tracking_uri(self.tracking_uri, results_dir)
+                    embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+                    tracker = (Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
+                               if distributed.is_main() else NullTracker())
+                    tracker.connect()
+                if not distributed.is_main():
+                    # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
+                    self._run_rows(tracker, NullRun(self.name), results_dir, jobs, pool)
+                    return None
+                return self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool)
+            finally:
+                _set_torch_threads(threads)
 
-    def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str) -> pathlib.Path:
+    def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str,
+                          jobs: list[tuple[str, int]], pool) -> pathlib.Path:
         started = time.time()
         # --- parent run; everything is written to a staging folder renamed into place at the end
         tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
@@ -126,10 +136,10 @@ class Experiment:
             try:
                 parent.log_params(config_bindings(config_text))
                 atomic_write_text(staging / "config.gin", config_text)
-                records = self._run_rows(tracker, parent, results_dir, config_text)
+                records = self._run_rows(tracker, parent, results_dir, jobs, pool)
                 with timing.span("tables and plots"):
                     if self.table is not None:
-                        self._write_report(staging, uri, parent.run_id, results_dir, time.time() - started)
+                        self._write_report(staging, tracker.store, parent.run_id, results_dir, time.time() - started)
                     self._write_results(staging, records, config_text, parent)
                 os.replace(staging, final)
             finally:
@@ -137,21 +147,26 @@ class Experiment:
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _jobs(self) -> list[tuple[str, int]]:
-        return [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
+    def _jobs(self, results_dir: pathlib.Path) -> list[tuple[str, int]]:
+        """Every (row, seed), longest first (``bench.workers.longest_first``) where rows name their steps."""
+        jobs = [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
+        steps = {}
+        for row, seed in jobs:
+            made = self.rows[row]()
+            if hasattr(made, "step_keys"):
+                steps[(row, seed)] = made.step_keys(self._context(row, seed, results_dir, NullRun()))
+        return longest_first(jobs, steps)
+
+    def _context(self, row: str, seed: int, results_dir: pathlib.Path, run, notes=None) -> RowContext:
+        return RowContext(row, seed, self.dataset, self.train_split, self.eval_split, self.tasks,
+                          results_dir / "cache", run, {} if notes is None else notes)
 
     def _run_rows(self, tracker: Tracker | NullTracker, parent, results_dir: pathlib.Path,
-                  config_text: str) -> list[dict]:
+                  jobs: list[tuple[str, int]], pool: WorkerPool | None) -> list[dict]:
         """Every (row, seed) as a child run of ``parent``; records in table order whatever ran first."""
-        jobs = self._jobs()
-        workers = resolve_workers(self.workers, len(jobs), self.torch_threads, _uses_accelerator(),
-                                  distributed.is_initialized())
-        table = progress.TableProgress(self.name, len(jobs), workers)
-        if workers > 1:
-            print(f"{self.name}: {len(jobs)} rows x seeds in {workers} worker processes "
-                  f"({self.torch_threads} torch thread{'s' if self.torch_threads > 1 else ''} each)", flush=True)
+        table = progress.TableProgress(self.name, len(jobs), pool.workers if pool else 1)
         outcomes: dict[tuple[str, int], JobOutcome] = {}
-        if workers == 1:
+        if pool is None:
             for row, seed in jobs:
                 with tracker.run(f"{row} seed={seed}", tags={"row": row, "seed": str(seed)}, parent=parent) as child:
                     outcome = self.run_job(row, seed, results_dir)
@@ -160,8 +175,9 @@ class Experiment:
                 outcomes[(row, seed)] = outcome
                 table.finished(outcome.label, outcome.seconds)
         else:
-            for outcome in _timed(run_in_workers(jobs, config_text, results_dir, workers, self.torch_threads),
-                                  "waiting for worker processes"):
+            print(f"{self.name}: {len(jobs)} rows x seeds in {pool.workers} worker processes "
+                  f"({self.torch_threads} torch thread{'s' if self.torch_threads > 1 else ''} each)", flush=True)
+            for outcome in _timed(pool.run(jobs, results_dir), "waiting for worker processes"):
                 timing.merge(outcome.timings)
                 tags = {"row": outcome.row, "seed": str(outcome.seed)}
                 if outcome.error_type:
@@ -173,11 +189,12 @@ class Experiment:
                 outcome.recording.run_id = child.run_id
                 outcomes[(outcome.row, outcome.seed)] = outcome
                 table.finished(outcome.label, outcome.seconds)
-        for job in jobs:  # notes in table order, so they do not depend on which job finished first
+        in_table_order = [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
+        for job in in_table_order:  # notes in table order, so they do not depend on which job finished first
             for key, value in outcomes[job].notes.items():
                 self._notes.setdefault(key, value)
         return [{"row": row, "seed": seed, "run_id": outcomes[(row, seed)].recording.run_id,
-                 "metrics": outcomes[(row, seed)].metrics} for row, seed in jobs]
+                 "metrics": outcomes[(row, seed)].metrics} for row, seed in in_table_order]
 
     def run_job(self, row: str, seed: int, results_dir: pathlib.Path) -> JobOutcome:
         """Run one row with one seed in this process; its MLflow logging is recorded, not yet written."""
@@ -186,15 +203,14 @@ class Experiment:
         started, clock = time.time(), timing.Stopwatch()
         seed_everything(seed)  # for rows that draw from the global generators; steps seed themselves
         notes: dict[str, str] = {}
-        context = RowContext(row, seed, self.dataset, self.train_split, self.eval_split, self.tasks,
-                             results_dir / "cache", recording, notes)
+        context = self._context(row, seed, results_dir, recording, notes)
         with progress.job(f"{row} seed={seed}"):
             metrics = self.rows[row]().run(context)
         recording.log_metrics(metrics)
         return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
                           clock.seconds)
 
-    def _write_report(self, folder: pathlib.Path, uri: str, parent_run_id: str, results_dir: pathlib.Path,
+    def _write_report(self, folder: pathlib.Path, store, parent_run_id: str, results_dir: pathlib.Path,
                       wall_time_s: float) -> None:
         from bench import report  # matplotlib, pandas and scipy.stats: paid only by runs that build a table
 
@@ -203,7 +219,8 @@ class Experiment:
         convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s)
         counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, results_dir / "cache"),
                                            info.seg_classes)
-        report.write_report(folder, self.table, uri, parent_run_id, counts, convention)
+        report.write_report(folder, self.table, store, parent_run_id, counts, convention,
+                            figure_cache=results_dir / "cache" / "figures")
         print("\n" + (folder / f"{self.table.name}.md").read_text())
 
     def _write_results(self, folder: pathlib.Path, records: list[dict], config_text: str, parent) -> None:
@@ -254,7 +271,7 @@ class RowContext:
         is never answered from the cache. A re-run of a finished row thus loads no model at all.
         """
         tasks = [make_task() for make_task in self.task_factories]
-        eval_folder = CachedScenes.folder_for(self.dataset, self.eval_split, self.cache_root).name
+        eval_folder = self.scene_folder(self.eval_split).name
         key = fingerprint(parts, self.seed, eval_folder, tasks, metric_code_fingerprint())
         path = self.cache_root / "results" / f"{key}.json"
         saved = read_cached_result(path)
@@ -271,6 +288,10 @@ class RowContext:
             atomic_write_json(path, {"metrics": metrics, "series": self._logged[logged_before:],
                                      "notes": {k: v for k, v in self.notes.items() if k not in notes_before}})
         return metrics
+
+    def scene_folder(self, split: str) -> pathlib.Path:
+        """Where the scenes of ``split`` are cached (its name is their content key); nothing is generated."""
+        return CachedScenes.folder_for(self.dataset, split, self.cache_root)
 
     def scenes(self, split: str) -> CachedScenes:
         """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk.

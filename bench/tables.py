@@ -76,35 +76,27 @@ class TableSpec:
 
 # --- reading: MLflow runs and the paper's numbers
 
-def records_from_mlflow(tracking_uri: str, parent_run_id: str, include_unfinished: bool = False) -> list[dict]:
+def records_from_mlflow(tracking, parent_run_id: str, include_unfinished: bool = False) -> list[dict]:
     """The child runs of ``parent_run_id`` as ``{row, seed, run_id, metrics}`` records, oldest first.
 
-    ``metrics`` holds each key's latest value (highest step, as MLflow reports it), so a loss curve
-    contributes its last epoch. Runs that did not end FINISHED are skipped unless asked for: a failed
-    run's metrics are partial. Seeds are ints when the tag parses as one.
+    ``tracking`` is a tracking URI or a store (``bench.mlflow_store``). ``metrics`` holds each key's
+    latest value (highest step, as MLflow reports it), so a loss curve contributes its last epoch. Runs
+    that did not end FINISHED are skipped unless asked for: a failed run's metrics are partial. Seeds
+    are ints when the tag parses as one.
     """
-    from mlflow.tracking import MlflowClient
+    from bench.mlflow_store import as_store
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = as_store(tracking).child_runs(parent_run_id)
     records = []
-    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
-        if run.info.status != "FINISHED" and not include_unfinished:
+    for run in sorted(runs, key=lambda r: (r["start_time"], r["run_id"])):
+        if run["status"] != "FINISHED" and not include_unfinished:
             continue
-        tags = run.data.tags
+        tags = run["tags"]
         if "row" not in tags:
             continue  # not a table row (e.g. a helper run nested under the same parent)
         seed = tags.get("seed", "")
         records.append({"row": tags["row"], "seed": int(seed) if re.fullmatch(r"-?\d+", seed) else seed,
-                        "run_id": run.info.run_id, "metrics": dict(run.data.metrics)})
+                        "run_id": run["run_id"], "metrics": dict(run["metrics"])})
     return records
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from bench import timing
 from bench.errors import HarnessError
+from bench.mlflow_store import PARENT_RUN_TAG, fail_fast_http, store_for
 
 # Run statuses as MLflow names them; a run cut off by Ctrl-C or SIGTERM ends KILLED, an error FAILED.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -39,67 +40,45 @@ def resolve_tracking_uri(configured: str | None, results_dir: pathlib.Path) -> s
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results_dir)
 
 
-@contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
-    # MLflow retries an unreachable server for minutes by default; a preflight check should answer now.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _quiet_mlflow_logs() -> None:
+def quiet_mlflow_logs() -> None:
+    """MLflow's and alembic's INFO lines say nothing a user of the harness needs."""
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Tracker:
-    """An MLflow experiment and the runs of one invocation, through an explicit client (no global state)."""
+    """An MLflow experiment and the runs of one invocation, through an explicit store (``bench.mlflow_store``:
+    a client in this process, or in the helper process ``run_bench.py`` prewarms)."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: pathlib.Path | None = None):
         self.uri = uri
         self.experiment = experiment
         self.artifact_root = artifact_root
-        self._client = None
+        self.store = None
         self.experiment_id: str | None = None
 
     def connect(self) -> None:
         """Reach the store and create or find the experiment; HarnessError in one line if unusable."""
-        _quiet_mlflow_logs()
-        from mlflow.tracking import MlflowClient
-
-        with _fail_fast_http(), timing.span("mlflow"):
+        location = (self.artifact_root / self.experiment).resolve().as_uri() if self.artifact_root else None
+        with fail_fast_http(), timing.span("mlflow"):
             try:
-                client = MlflowClient(tracking_uri=self.uri)
-                found = client.get_experiment_by_name(self.experiment)
-                if found is None:
-                    location = (self.artifact_root / self.experiment).resolve().as_uri() if self.artifact_root else None
-                    self.experiment_id = client.create_experiment(self.experiment, artifact_location=location)
-                else:
-                    self.experiment_id = found.experiment_id
+                quiet_mlflow_logs()
+                self.store = store_for(self.uri)
+                self.experiment_id = self.store.experiment_id(self.experiment, location)
+            except HarnessError:
+                raise
             except Exception as e:  # mlflow raises many types for a bad URI: MlflowException, OSError, ...
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise HarnessError(f"MLflow tracking URI {self.uri!r} is not usable: {first}") from None
-        self._client = client
 
     def _create(self, name: str, tags: Mapping[str, str] | None, parent: RunHandle | None,
                 start_time_ms: int | None = None) -> RunHandle:
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-        all_tags = dict(tags or {})
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         if parent is not None:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+            all_tags[PARENT_RUN_TAG] = parent.run_id
         with timing.span("mlflow"):
-            created = self._client.create_run(self.experiment_id, run_name=name, tags=all_tags,
-                                              start_time=start_time_ms)
-        return RunHandle(self._client, created.info.run_id, name)
+            run_id = self.store.create_run(self.experiment_id, name, all_tags, start_time_ms)
+        return RunHandle(self.store, run_id, name)
 
     @contextlib.contextmanager
     def run(self, name: str, tags: Mapping[str, str] | None = None,
@@ -115,7 +94,7 @@ class Tracker:
             raise
         finally:
             with timing.span("mlflow"):
-                self._client.set_terminated(handle.run_id, status)
+                self.store.set_terminated(handle.run_id, status)
 
     def replay(self, recording: RecordingRun, tags: Mapping[str, str], parent: RunHandle,
                start_time_ms: int, end_time_ms: int, status: str = FINISHED) -> RunHandle:
@@ -126,51 +105,45 @@ class Tracker:
             recording.replay_into(handle)
         finally:
             with timing.span("mlflow"):
-                self._client.set_terminated(handle.run_id, status, end_time=end_time_ms)
+                self.store.set_terminated(handle.run_id, status, end_time_ms)
         return handle
 
 
 class RunHandle:
     """Logging calls bound to one run."""
 
-    def __init__(self, client, run_id: str, name: str):
-        self._client = client
+    def __init__(self, store, run_id: str, name: str):
+        self._store = store
         self.run_id = run_id
         self.name = name
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         with timing.span("mlflow"):
             for start in range(0, len(items), _BATCH):
-                self._client.log_batch(self.run_id, params=items[start:start + _BATCH])
+                self._store.log_batch(self.run_id, params=items[start:start + _BATCH])
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        items = [(str(k), str(v)) for k, v in tags.items()]
         with timing.span("mlflow"):
             for start in range(0, len(items), _BATCH):
-                self._client.log_batch(self.run_id, tags=items[start:start + _BATCH])
+                self._store.log_batch(self.run_id, tags=items[start:start + _BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.log_series([(step, int(time.time() * 1000), metrics)])
 
     def log_series(self, series: Sequence[tuple[int, int, Mapping[str, float]]]) -> None:
         """Log many (step, timestamp in ms, metrics) entries, e.g. whole loss curves, in few requests."""
-        from mlflow.entities import Metric
-
         # NaN is kept: MLflow stores it, and a NaN per-class IoU says the class was absent.
-        items = [Metric(k, float(v), stamp, step) for step, stamp, metrics in series
+        items = [(k, float(v), stamp, step) for step, stamp, metrics in series
                  for k, v in metrics.items() if v is not None]
         with timing.span("mlflow"):
             for start in range(0, len(items), _METRIC_BATCH):
-                self._client.log_batch(self.run_id, metrics=items[start:start + _METRIC_BATCH])
+                self._store.log_batch(self.run_id, metrics=items[start:start + _METRIC_BATCH])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         with timing.span("mlflow"):
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+            self._store.log_artifact(self.run_id, str(path), artifact_path)
 
 
 class RecordingRun:

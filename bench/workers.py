@@ -13,13 +13,14 @@ recorded curves, notes, timings) that the parent writes to MLflow.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 import os
 import pathlib
 import signal
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from bench import timing
 from bench.tracking import RecordingRun
@@ -101,14 +102,45 @@ def _run(job: tuple[str, int, str]) -> JobOutcome:
     return outcome
 
 
-def run_in_workers(jobs: Sequence[tuple[str, int]], config_text: str, results_dir: pathlib.Path,
-                   workers: int, threads: int) -> Iterator[JobOutcome]:
-    """Run ``jobs`` (row, seed) in ``workers`` spawned processes, yielding outcomes as they finish.
+def longest_first(jobs: Sequence[tuple[str, int]], steps: Mapping[tuple[str, int], Sequence[str]]) -> list:
+    """The order to hand ``jobs`` to workers: repeatedly the job with the most steps that no job placed
+    before it computes (ties: the given order), so long jobs start first and a step shared by two jobs
+    is computed by the first while the second mostly finds it done. ``steps`` maps a job to the content
+    keys of its steps; a job without any goes last."""
+    claimed: set[str] = set()
+    left = list(jobs)
+    order = []
+    while left:
+        best = max(range(len(left)), key=lambda i: (len(set(steps.get(left[i], ())) - claimed), -i))
+        job = left.pop(best)
+        claimed |= set(steps.get(job, ()))
+        order.append(job)
+    return order
 
-    Jobs are handed out in the given order, one at a time, to whichever worker is free. Leaving the
-    iteration early (an error, Ctrl-C) terminates the workers; the steps they finished stay cached.
-    """
-    context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
-    with context.Pool(workers, initializer=_start, initargs=(config_text, threads)) as pool:
+
+class WorkerPool:
+    """``workers`` spawned processes, started at once so that their start-up (imports, parsing the config)
+    overlaps the parent's set-up; jobs are handed to them by ``run``. Leaving the ``with`` block (an
+    error, Ctrl-C) terminates them; the steps they finished stay cached."""
+
+    def __init__(self, config_text: str, workers: int, threads: int):
+        context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
+        self.workers = workers
+        self._pool = context.Pool(workers, initializer=_start, initargs=(config_text, threads))
+
+    def run(self, jobs: Sequence[tuple[str, int]], results_dir: pathlib.Path) -> Iterator[JobOutcome]:
+        """Run ``jobs`` (row, seed), handed out in the given order one at a time to whichever worker is
+        free; yields their outcomes as they finish."""
         tasks = [(row, seed, str(results_dir)) for row, seed in jobs]
-        yield from pool.imap_unordered(_run, tasks, chunksize=1)
+        yield from self._pool.imap_unordered(_run, tasks, chunksize=1)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.terminate()
+        self._pool.join()
+        # Dropping the pool now frees its queues' semaphores (their finalizers unregister them), so an
+        # exit that skips the interpreter's teardown (run_bench.py) leaves nothing for the resource tracker.
+        self._pool = None
+        gc.collect()

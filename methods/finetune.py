@@ -48,15 +48,15 @@ class _Finetune:
         load_pretrained_encoder(encoder, pretrained_state, source)
         return encoder
 
-    def key(self, pretrain_key: str, scenes, seed: int) -> str:
+    def key(self, pretrain_key: str, scenes_key: str, seed: int) -> str:
         """Content key of the fine-tuned model: this configuration, the pretraining chain (``"none"``),
-        the training scenes and the seed."""
-        return fingerprint(self, pretrain_key, scenes.folder.name, seed)
+        the training scenes (their cache folder's name) and the seed."""
+        return fingerprint(self, pretrain_key, scenes_key, seed)
 
     def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Build the model (``build()`` -> (model, training objective)) from this run's seed, then train
         (or resume, or reuse) it; returns (model, per-epoch history)."""
-        key = self.key(pretrain_key, scenes, seed)
+        key = self.key(pretrain_key, scenes.folder.name, seed)
         folder = pathlib.Path(cache_root) / "finetune" / f"{self.task}-{key}"
         step_seed = self.step_seed(seed)
         with torch_seeded(step_seed), timing.span(f"finetune/{self.task}"):
@@ -169,12 +169,23 @@ class FinetuneRow:
     def _tasks(self):
         return [(name, spec) for name, spec in (("seg", self.segmentation), ("det", self.detection)) if spec]
 
+    def _keys(self, context) -> tuple[str, dict[str, str]]:
+        """(pretraining key or "none", task -> fine-tuned model key), computed without running anything."""
+        pretrain_key = self.pretrain.key(context) if self.pretrain is not None else "none"
+        scenes_key = context.scene_folder(context.train_split).name
+        return pretrain_key, {name: spec.key(pretrain_key, scenes_key, context.seed) for name, spec in self._tasks()}
+
+    def step_keys(self, context) -> list[str]:
+        """Content keys of the steps this row computes (each pretraining stage, each fine-tuning run), so
+        a scheduler can start the longest rows first and see which rows share a step."""
+        stages = self.pretrain.stage_keys(context) if self.pretrain is not None else []
+        return stages + list(self._keys(context)[1].values())
+
     def run(self, context) -> dict[str, float]:
         """Pretrain (cached), fine-tune each task (cached), evaluate on the evaluation split (cached:
         a row whose every step is unchanged returns its evaluation without loading a model)."""
+        pretrain_key, models = self._keys(context)
         scenes = context.scenes(context.train_split)
-        pretrain_key = self.pretrain.key(context) if self.pretrain is not None else "none"
-        models = {name: spec.key(pretrain_key, scenes, context.seed) for name, spec in self._tasks()}
         return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))
 
     def _run(self, context, scenes) -> dict[str, float]:

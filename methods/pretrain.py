@@ -112,10 +112,21 @@ class PretrainRow:
         return (context.dataset if self.dataset is None else self.dataset,
                 context.train_split if self.split is None else self.split)
 
+    def _data_key(self, context) -> str:
+        dataset, split = self._source(context)
+        return self.preparation.cache_dir(dataset, split, context.cache_root).name
+
     def key(self, context) -> str:
         """The content key of this row's pretrained encoder, computed without preparing or training."""
-        dataset, split = self._source(context)
-        return self.stage.key(self.preparation.cache_dir(dataset, split, context.cache_root).name, context.seed)
+        return self.stage.key(self._data_key(context), context.seed)
+
+    def stage_keys(self, context) -> list[str]:
+        """The content keys of every stage of the chain, first stage first (nothing is run)."""
+        stage, keys = self.stage, []
+        while stage is not None:
+            keys.insert(0, stage.key(self._data_key(context), context.seed))
+            stage = stage.previous
+        return keys
 
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""

@@ -23,10 +23,6 @@ import warnings
 import gin
 import numpy as np
 import torch
-from scipy.cluster.vq import kmeans2
-
-_KMEANS_RNG_KW = "rng" if "rng" in inspect.signature(kmeans2).parameters else "seed"  # scipy >= 1.15
-
 
 def cluster_region_features(features: np.ndarray | torch.Tensor, num_groups: int = 32,
                             seed: int = 0, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +41,10 @@ def cluster_region_features(features: np.ndarray | torch.Tensor, num_groups: int
       empty keeps its row (count 0, weight 0 in ``group_weights``); scipy's warning about it is
       silenced because that case is handled here.
     """
+    from scipy.cluster.vq import kmeans2  # scipy.cluster costs 0.4 s to import; only preparation needs it
+
+    rng_keyword = "rng" if "rng" in inspect.signature(kmeans2).parameters else "seed"  # scipy >= 1.15
+
     data = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
                       dtype=np.float64)
     if data.ndim != 2 or data.shape[0] == 0:
@@ -57,7 +57,7 @@ def cluster_region_features(features: np.ndarray | torch.Tensor, num_groups: int
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One of the clusters is empty")
         centroids, labels = kmeans2(data, k, iter=iterations, minit="++",
-                                    **{_KMEANS_RNG_KW: np.random.default_rng(seed)})
+                                    **{rng_keyword: np.random.default_rng(seed)})
     return centroids, labels.astype(np.int64)
 
 

@@ -25,7 +25,7 @@ OURS, PAPER = "#2f6db3", "#c9792b"  # ours blue, paper orange, in every figure
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int = 130) -> pathlib.Path:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)  # the figures use constrained layout; "tight" drew them twice
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -153,30 +153,3 @@ def plot_loss_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
     if curves:
         ax.legend(fontsize=8)
     return _save(fig, path)
-
-
-def loss_curves_from_mlflow(tracking_uri: str, run_ids: Sequence[str], prefix: str = "pretrain/",
-                            suffix: str = "/loss") -> dict[str, list[tuple[int, float]]]:
-    """Metric histories of the keys ``prefix...suffix`` of each run, labelled ``row seed=s key``.
-
-    The default keys are each stage's total loss per epoch (``pretrain/<stage>/loss``, step = epoch).
-    A step logged twice (a rerun into the same run) keeps its latest value.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for run_id in run_ids:
-        run = client.get_run(run_id)
-        tags = run.data.tags
-        who = f"{tags['row']} seed={tags.get('seed', '?')}" if "row" in tags else run_id[:8]
-        for key in sorted(run.data.metrics):
-            if not (key.startswith(prefix) and key.endswith(suffix)):
-                continue
-            latest: dict[int, tuple[int, float]] = {}
-            for m in client.get_metric_history(run_id, key):
-                if m.step not in latest or m.timestamp >= latest[m.step][0]:
-                    latest[m.step] = (m.timestamp, m.value)
-            label = f"{who} {key.removeprefix(prefix).removesuffix(suffix) or key}"
-            curves[label] = [(step, value) for step, (_, value) in sorted(latest.items())]
-    return curves

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from bench.plots.ablation import loss_curves_from_mlflow, plot_ablation, plot_class_iou_vs_frequency, plot_loss_curves
+from bench.plots.ablation import plot_ablation, plot_class_iou_vs_frequency, plot_loss_curves
+from bench.report import loss_curves_from_mlflow
 from bench.tables import TableSpec, build_table
 
 PNG = b"\x89PNG\r\n\x1a\n"

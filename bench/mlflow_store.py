@@ -1,0 +1,219 @@
+"""The MLflow calls the harness makes, in this process or in a helper process that imports MLflow early.
+
+Importing MLflow and opening its SQLAlchemy store costs about three seconds on a small CPU, as much as
+a cached re-run of a small table does otherwise. ``prewarm()`` (called first thing by ``run_bench.py``)
+starts a helper process that pays for it while this process imports torch and parses the config;
+``store_for(uri)`` then hands out a proxy that runs every call there. Without a prewarmed helper (tests,
+``import bench`` from Python) the same calls run here, on an ``MlflowClient``.
+
+Writes that return nothing (``log_batch``, ``set_terminated``) are sent without waiting; the helper runs
+calls in order, so a later read sees them, and an error they raise is raised by the next call that
+waits. ``flush()`` waits for everything sent. Values cross the process boundary as plain tuples, so
+this process never imports MLflow when the helper serves it.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+from bench.errors import HarnessError
+
+PARENT_RUN_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing MLflow
+
+
+@contextlib.contextmanager
+def fail_fast_http() -> Iterator[None]:
+    """MLflow retries an unreachable server for minutes by default; reaching a store should answer now."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class MlflowStore:
+    """The harness's MLflow operations on one tracking URI, through an explicit ``MlflowClient``."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self._client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str, artifact_location: str | None) -> str:
+        """The id of experiment ``name``, created (with ``artifact_location``) if it does not exist."""
+        found = self._client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return self._client.create_experiment(name, artifact_location=artifact_location)
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str], start_time_ms: int | None) -> str:
+        return self._client.create_run(experiment_id, run_name=name, tags=tags, start_time=start_time_ms).info.run_id
+
+    def log_batch(self, run_id: str, params: Sequence[tuple] = (), tags: Sequence[tuple] = (),
+                  metrics: Sequence[tuple] = ()) -> None:
+        """params/tags: (key, value) pairs; metrics: (key, value, timestamp ms, step)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._client.log_batch(run_id, params=[Param(k, v) for k, v in params],
+                               tags=[RunTag(k, v) for k, v in tags], metrics=[Metric(*m) for m in metrics])
+
+    def set_terminated(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+        self._client.set_terminated(run_id, status, end_time=end_time_ms)
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(run_id, path, artifact_path)
+
+    def child_runs(self, parent_run_id: str) -> list[dict]:
+        """Every run tagged as a child of ``parent_run_id``: run_id, status, start_time, tags, metrics."""
+        experiment_id = self._client.get_run(parent_run_id).info.experiment_id
+        query = f"tags.{PARENT_RUN_TAG} = '{parent_run_id}'"
+        runs, token = [], None
+        while True:
+            page = self._client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time or 0,
+                 "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)} for r in runs]
+
+    def run_data(self, run_id: str) -> dict:
+        """A run's tags and latest metric values."""
+        run = self._client.get_run(run_id)
+        return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)}
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
+        """Every logged value of ``key``: (step, timestamp ms, value)."""
+        return [(m.step, m.timestamp, m.value) for m in self._client.get_metric_history(run_id, key)]
+
+    def flush(self) -> None:
+        """Nothing is pending in this process."""
+
+
+def as_store(tracking: str | MlflowStore | StoreProxy) -> MlflowStore | StoreProxy:
+    """A store for a tracking URI, or the store itself."""
+    return store_for(tracking) if isinstance(tracking, str) else tracking
+
+
+# --- the helper process
+
+_NO_REPLY = ("log_batch", "set_terminated")
+_helper: StoreProxy | None = None
+
+
+def _serve(connection) -> None:
+    """The helper's loop: import MLflow now, then run calls until the parent closes its end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (and marks its runs KILLED)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    from bench.tracking import quiet_mlflow_logs
+
+    quiet_mlflow_logs()
+    store, pending_error = None, None
+    while True:
+        try:
+            name, args, kwargs, reply = connection.recv()
+        except (EOFError, OSError):
+            return
+        result, error = None, None
+        try:
+            with fail_fast_http() if name in ("open", "experiment_id") else contextlib.nullcontext():
+                if name == "open":
+                    store = MlflowStore(*args)
+                elif name != "flush":
+                    result = getattr(store, name)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001  sent back to the parent, which raises it
+            error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        if not reply:
+            pending_error = pending_error or error
+            continue
+        if pending_error is not None:
+            error, pending_error = f"an earlier MLflow write failed: {pending_error}", None
+        connection.send((result, error))
+
+
+class StoreProxy:
+    """``MlflowStore``'s methods, run in the helper process (module docstring)."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        # Not a daemon: it must finish the writes already sent when this process exits. It ends when
+        # this process closes its end of the pipe (or exits, however it exits).
+        self._process = context.Process(target=_serve, args=(child,), name="mlflow-store")
+        self._process.start()
+        child.close()
+        self.uri: str | None = None
+
+    def _call(self, name: str, *args, **kwargs):
+        reply = name not in _NO_REPLY
+        try:
+            self._connection.send((name, args, kwargs, reply))
+            if not reply:
+                return None
+            result, error = self._connection.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            raise HarnessError("the MLflow helper process ended unexpectedly") from None
+        if error is not None:
+            raise RuntimeError(error)
+        return result
+
+    def open(self, uri: str) -> StoreProxy:
+        self._call("open", uri)
+        self.uri = uri
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or not hasattr(MlflowStore, name):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+
+    def close(self) -> None:
+        """Wait for the writes sent, then let the helper end (at once when it never served a store, e.g.
+        after a configuration error: a bad binding must not wait for MLflow's import)."""
+        if self.uri is None:
+            self._process.terminate()
+            self._connection.close()
+            return
+        try:
+            self._call("flush")
+        finally:
+            # Everything sent is written; the helper ends by itself on the closed pipe, no need to wait
+            # for its interpreter to tear down.
+            self._connection.close()
+
+
+def prewarm() -> None:
+    """Start the helper process, so that importing MLflow overlaps this process's start-up. Does nothing
+    when MLflow is already imported here (then calls are as fast in this process)."""
+    global _helper
+    if _helper is None and "mlflow" not in sys.modules:
+        _helper = StoreProxy()
+
+
+def store_for(uri: str) -> MlflowStore | StoreProxy:
+    """The store of ``uri``: the prewarmed helper the first time (it serves one URI), else in this process."""
+    global _helper
+    if _helper is not None and _helper.uri in (None, uri):
+        return _helper.open(uri) if _helper.uri is None else _helper
+    return MlflowStore(uri)
+
+
+def shutdown() -> None:
+    """Finish the helper's pending writes and stop it (``run_bench.py`` calls this before it exits)."""
+    global _helper
+    if _helper is not None:
+        helper, _helper = _helper, None
+        helper.close()
