@@ -64,8 +64,12 @@ def scene_problems(scene: Scene, info: DatasetInfo) -> list[str]:
     if len(scene.box_labels) != len(scene.boxes) or len(scene.box_instance) != len(scene.boxes):
         problems.append(f"{len(scene.boxes)} boxes but {len(scene.box_labels)} labels, "
                         f"{len(scene.box_instance)} instance ids")
-    if not np.isfinite(scene.points).all() or not np.isfinite(scene.boxes).all():
-        problems.append("non-finite coordinates in points or boxes")
+    bad = int(n - np.count_nonzero(np.isfinite(scene.points).all(axis=1)))
+    if bad:
+        problems.append(f"{bad} of {n} points have non-finite (NaN/inf) coordinates (readers drop them by default, "
+                        "or refuse the scene with non_finite='error')")
+    if not np.isfinite(scene.boxes).all():
+        problems.append("non-finite box parameters")
     sem = scene.semantic
     if len(sem) and (sem.min() < IGNORE_INDEX or sem.max() >= len(info.seg_classes)):
         problems.append(f"semantic ids {sem.min()}..{sem.max()} outside {IGNORE_INDEX}..{len(info.seg_classes) - 1}")
@@ -280,7 +284,8 @@ def verify_sunrgbd(root: pathlib.Path | None, *, layout: str = "auto", limit: in
         add_problem(report, f"unknown sunrgbd layout {layout!r}; use auto, votenet or mmdet3d")
         return finish_report(report)
     try:
-        dataset = readers[layout](root)
+        # "error": a NaN point is a problem to report here, not something to drop quietly.
+        dataset = readers[layout](root, non_finite="error")
     except (OSError, ValueError) as exc:
         add_problem(report, one_line(exc))
         return finish_report(report)

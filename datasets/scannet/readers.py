@@ -69,15 +69,18 @@ def instance_nyu40(nyu40: np.ndarray, instance: np.ndarray) -> dict[int, int]:
 def boxes_from_instances(xyz: np.ndarray, nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, ...]:
     """Axis-aligned min/max boxes of the instances whose NYU40 id is a detection class.
 
-    Returns boxes (B, 7) float32 with yaw 0, detection labels (B,) int32 and instance ids (B,)
-    int32, in increasing instance id order.
+    Points with a non-finite coordinate are left out (so a box is the same whether or not the reader
+    later drops them); an instance with no finite point has no box. Returns boxes (B, 7) float32 with
+    yaw 0, detection labels (B,) int32 and instance ids (B,) int32, in increasing instance id order.
     """
+    finite = np.isfinite(xyz).all(axis=1)
     boxes, labels, ids = [], [], []
     for inst, nyu in instance_nyu40(nyu40, instance).items():
         det = int(nyu40_to_det(np.array([nyu]))[0])
-        if det < 0:
+        member = (instance == inst) & finite
+        if det < 0 or not member.any():
             continue
-        p = xyz[instance == inst].astype(np.float64)
+        p = xyz[member].astype(np.float64)
         lo, hi = p.min(axis=0), p.max(axis=0)
         boxes.append(np.r_[(lo + hi) / 2, hi - lo, 0.0])
         labels.append(det)
