@@ -9,9 +9,10 @@
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
 and a top view of the fused scene to DIR, printing their paths.
 
-``verify`` checks a dataset root (``datasets/verify.py``): it prints every scene found (points, boxes,
-classes present), the counts per split and every problem, as text or as one JSON object (``--json``),
-and exits with status 1 when it found any problem.
+``verify`` checks a dataset root (``datasets/verify.py``): it prints the layout and folder it found
+(ScanNet: a layout's folder or the VoteNet / mmdetection3d dataset root holding it), every scene found
+(points, boxes, classes present), the counts per split and every problem, as text or as one JSON object
+(``--json``), and exits with status 1 when it found any problem.
 
 ``export`` writes the simulated benchmark (``SyntheticIndoor`` with these settings) in a real dataset's
 on-disk layout (``datasets/synthetic/export.py``): ``scannet-raw`` = ScanNet's ``scans/`` with the label map,
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--kind", required=True, choices=sorted(VERIFIERS), help="dataset reader")
     verify.add_argument("--root", help="dataset root folder (not used by synthetic)")
     verify.add_argument("--layout", default="auto",
-                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw; "
+                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export, raw or bin; "
                              "sunrgbd: auto, votenet or mmdet3d")
     verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -43,13 +43,8 @@ def votenet_root(tmp_path: pathlib.Path, xyz: np.ndarray = XYZ) -> pathlib.Path:
     return tmp_path / "scannet"
 
 
-def export_and_meta(tmp_path: pathlib.Path, xyz: np.ndarray = XYZ) -> tuple[pathlib.Path, pathlib.Path]:
-    root = votenet_root(tmp_path, xyz)
-    return root / "scannet_train_detection_data", root / "meta_data"
-
-
 def test_drop_keeps_every_per_point_field_aligned_and_the_boxes(tmp_path, caplog):
-    ds = ScanNetExport(*export_and_meta(tmp_path), splits=("train",))
+    ds = ScanNetExport(votenet_root(tmp_path), splits=("train",))
     with caplog.at_level(logging.WARNING, logger="datasets.scene_list"):
         scene = ds.scene("train", 0)
     np.testing.assert_array_equal(scene.points, XYZ[FINITE])
@@ -66,14 +61,14 @@ def test_drop_keeps_every_per_point_field_aligned_and_the_boxes(tmp_path, caplog
 
 
 def test_boxes_from_instances_ignore_non_finite_points(tmp_path):
-    scene = ScanNetExport(*export_and_meta(tmp_path), splits=("train",), use_bbox_file=False).scene("train", 0)
+    scene = ScanNetExport(votenet_root(tmp_path), splits=("train",), use_bbox_file=False).scene("train", 0)
     chair = XYZ[[0, 2, 3]]  # the chair's finite points
     np.testing.assert_allclose(scene.boxes[0, :6], np.r_[(chair.min(0) + chair.max(0)) / 2, chair.max(0) - chair.min(0)])
     assert np.isfinite(scene.boxes).all()
 
 
 def test_error_refuses_the_scene_naming_it_the_file_and_what_was_expected(tmp_path):
-    ds = ScanNetExport(*export_and_meta(tmp_path), splits=("train",), non_finite="error")
+    ds = ScanNetExport(votenet_root(tmp_path), splits=("train",), non_finite="error")
     with pytest.raises(DataError) as e:
         ds.scene("train", 0)
     message = str(e.value)
@@ -83,19 +78,18 @@ def test_error_refuses_the_scene_naming_it_the_file_and_what_was_expected(tmp_pa
 
 
 def test_a_scene_with_no_finite_point_is_refused_even_when_dropping(tmp_path):
-    ds = ScanNetExport(*export_and_meta(tmp_path, np.full((9, 3), np.nan, np.float32)), splits=("train",))
+    ds = ScanNetExport(votenet_root(tmp_path, np.full((9, 3), np.nan, np.float32)), splits=("train",))
     with pytest.raises(DataError, match="9 of 9 points .*expected at least one finite point"):
         ds.scene("train", 0)
 
 
 def test_the_policy_is_set_in_gin_and_checked(tmp_path):
-    root, meta = export_and_meta(tmp_path)
-    gin.parse_config([f"ScanNetExport.root = '{root}'", f"ScanNetExport.meta_dir = '{meta}'",
-                      "ScanNetExport.non_finite = 'error'"])
+    root = votenet_root(tmp_path)
+    gin.parse_config([f"ScanNetExport.root = '{root}'", "ScanNetExport.non_finite = 'error'"])
     with pytest.raises(DataError, match="non-finite"):
         gin.get_configurable(ScanNetExport)(splits=("train",)).scene("train", 0)
     with pytest.raises(DataError, match="non_finite must be one of 'drop', 'error', got 'keep'"):
-        ScanNetExport(root, meta, non_finite="keep")
+        ScanNetExport(root, non_finite="keep")
 
 
 @pytest.mark.parametrize("reader", [ScanNetExport, ScanNetBin, ScanNetRaw, S3DISBin, S3DISRaw, SunRgbdVotenet,
@@ -153,7 +147,7 @@ def test_sunrgbd_drop_and_error(tmp_path):
 
 
 def test_verify_reports_non_finite_points(tmp_path):
-    report = verify_scannet(export_and_meta(tmp_path)[0])
+    report = verify_scannet(votenet_root(tmp_path))
     assert not report["ok"]
     (problem,) = report["problems"]
     assert problem["scene_id"] == SCENE and "3 of 9 points have non-finite (NaN/inf) coordinates" in problem["message"]
