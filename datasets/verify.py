@@ -9,11 +9,11 @@ A verifier takes a dataset root and returns a report dict (JSON-able)::
      "problems": [{"split": "train", "scene_id": "Area_1_office_2", "message": "..."}, ...]}
 
 Every scene is checked inside its own ``try``: a problem is recorded and the next scene is checked, so
-one bad file never hides the others. ``found`` says which layout and folder a verifier read where it
-looks under the root (ScanNet: ``datasets/scannet/roots.py``). Readers of other datasets add a verifier
-to ``VERIFIERS``; a verifier is ``fn(root, *, layout="auto", limit=None) -> report`` and usually just
-lists its scenes and calls ``check_scene`` on each (or ``verify_dataset`` for anything with the dataset
-protocol).
+one bad file never hides the others; a root where no scene is found is a problem too. ``found`` says
+which layout and folder a verifier read where it looks under the root (ScanNet:
+``datasets/scannet/roots.py``). Readers of other datasets add a verifier to ``VERIFIERS``; a verifier is
+``fn(root, *, layout="auto", limit=None) -> report`` and usually just lists its scenes and calls
+``check_scene`` on each (or ``verify_dataset`` for anything with the dataset protocol).
 """
 from __future__ import annotations
 
@@ -153,6 +153,9 @@ def finish_report(report: dict) -> dict:
                             for m in entry["problems"]]
     report["splits"] = splits
     report["problems"] = [p for p in report["problems"] if p["scene_id"] is None] + scene_problems_
+    if not report["scenes"] and not report["problems"]:  # an empty or unrelated folder is not a clean dataset
+        where = report["found"] or report["root"]
+        report["problems"].append({"split": None, "scene_id": None, "message": f"{where}: no scenes found"})
     report["ok"] = not report["problems"]
     return report
 
