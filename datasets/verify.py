@@ -308,7 +308,8 @@ def _scannet_splits(found) -> dict[str, list[str]]:
 
 
 def _scannet_loader(found, frames):
-    """``load(scene_id) -> Scene`` for the layout ``found``; None (and a root problem) where it cannot read."""
+    """``load(scene_id) -> Scene`` for the layout ``found``; a one-line error where the layout cannot be read
+    at all (raw scans without their label map)."""
     from datasets.scannet import read_bin_scene, read_export_scene, read_label_map, read_raw_scene
     from datasets.scannet.dataset import with_frames
 

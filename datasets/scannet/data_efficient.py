@@ -141,7 +141,7 @@ def read_point_annotations(path: str | pathlib.Path) -> PointAnnotations:
                 data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: refused to load ({_load_refusal(exc)}); expected {_POINTS_FORMAT}") from None
-    except Exception as exc:  # noqa: BLE001 - on bytes that are no torch file its unpickler raises IndexError, KeyError, ...
+    except Exception as exc:  # noqa: BLE001 - on bytes that are no torch file, torch raises IndexError, KeyError, ...
         raise DataError(f"{path}: not a torch.save file ({type(exc).__name__}: {_load_refusal(exc)}); "
                         f"expected {_POINTS_FORMAT}") from None
     if not isinstance(data, dict):
@@ -154,7 +154,8 @@ def read_point_annotations(path: str | pathlib.Path) -> PointAnnotations:
             raise DataError(f"{path}: key {key!r} is a {type(key).__name__}, expected scene id strings")
         array = value.numpy() if isinstance(value, torch.Tensor) else value
         if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype.kind not in "iu":
-            got = f"{array.dtype} array of shape {array.shape}" if isinstance(array, np.ndarray) else type(value).__name__
+            got = (f"{array.dtype} array of shape {array.shape}" if isinstance(array, np.ndarray)
+                   else type(value).__name__)
             raise DataError(f"{path}: scene {key!r}: {got}, expected a 1-D integer tensor/array of point indices")
         annotations[key] = array.astype(np.int64)
     return annotations

@@ -182,7 +182,8 @@ class ScanNetRaw(_ScanNetSplits):
         self.scans_root, self.meta_dir = found.folder, found.meta_dir
         label_map = label_map_tsv if label_map_tsv is not None else found.label_map
         if label_map is None:
-            raise DataError(f"ScanNetRaw: no scannetv2-labels.combined.tsv found beside {found.folder}; set label_map_tsv")
+            raise DataError(f"ScanNetRaw: no scannetv2-labels.combined.tsv found beside {found.folder}; "
+                            "set label_map_tsv")
         self.label_map_tsv = pathlib.Path(label_map)
         read_label_map(self.label_map_tsv)  # fail at construction, not at the first scene
         super().__init__(found, splits, skip_missing, frames, non_finite)
@@ -198,4 +199,3 @@ class ScanNetRaw(_ScanNetSplits):
 
     def points_source(self, scene_id: str) -> str:
         return str(self.scans_root / scene_id / f"{scene_id}_vh_clean_2.ply")
-

@@ -46,7 +46,8 @@ class ScanNetRoot:
 
     def summary(self) -> str:
         """One line: the layout, its folder and the split lists found."""
-        text = f"{self.description} ({self.layout} layout) in {self.folder}; split lists: {self.meta_dir or 'none found'}"
+        text = (f"{self.description} ({self.layout} layout) in {self.folder}; "
+                f"split lists: {self.meta_dir or 'none found'}")
         return text + (f"; label map: {self.label_map or 'none found'}" if self.layout == "raw" else "")
 
     def scene_ids_on_disk(self) -> list[str]:
@@ -107,4 +108,5 @@ def resolve_scannet_root(root: str | pathlib.Path, layout: str = "auto",
         label_map = _first([b / LABEL_MAP_NAME for b in bases] + [b / "meta_data" / LABEL_MAP_NAME for b in bases])
         return ScanNetRoot(name, folder, meta, label_map, description)
     expected = "; or ".join(_EXPECTED[name] for name in wanted)
-    raise DataError(f"{root}: no ScanNet {'data' if layout == 'auto' else layout + ' layout'} found; expected {expected}")
+    what = "data" if layout == "auto" else f"{layout} layout"
+    raise DataError(f"{root}: no ScanNet {what} found; expected {expected}")

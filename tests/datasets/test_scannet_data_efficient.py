@@ -28,7 +28,8 @@ def dataset(tmp_path) -> ScanNetExport:
     export = root / "scannet_train_detection_data"
     export.mkdir(parents=True)
     for scene, n in SCENES.items():
-        np.save(export / f"{scene}_vert.npy", np.c_[np.arange(3 * n).reshape(n, 3), np.zeros((n, 3))].astype(np.float32))
+        xyzrgb = np.c_[np.arange(3 * n).reshape(n, 3), np.zeros((n, 3))]
+        np.save(export / f"{scene}_vert.npy", xyzrgb.astype(np.float32))
         np.save(export / f"{scene}_sem_label.npy", np.ones(n, np.uint32))
         np.save(export / f"{scene}_ins_label.npy", np.zeros(n, np.uint32))
     (root / "meta_data").mkdir()

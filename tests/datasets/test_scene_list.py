@@ -63,7 +63,8 @@ def test_drop_keeps_every_per_point_field_aligned_and_the_boxes(tmp_path, caplog
 def test_boxes_from_instances_ignore_non_finite_points(tmp_path):
     scene = ScanNetExport(votenet_root(tmp_path), splits=("train",), use_bbox_file=False).scene("train", 0)
     chair = XYZ[[0, 2, 3]]  # the chair's finite points
-    np.testing.assert_allclose(scene.boxes[0, :6], np.r_[(chair.min(0) + chair.max(0)) / 2, chair.max(0) - chair.min(0)])
+    lo, hi = chair.min(axis=0), chair.max(axis=0)
+    np.testing.assert_allclose(scene.boxes[0, :6], np.r_[(lo + hi) / 2, hi - lo])
     assert np.isfinite(scene.boxes).all()
 
 
