@@ -1,7 +1,7 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
     python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
-    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export,votenet,mmdet3d}] [--limit N] [--json]
+    python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export,votenet,mmdet3d}] [--limit N>=1] [--json]
         [--sens-root DIR [--sens-every 25] [--alignment-root DIR]]   # scannet: check the .sens frames too
     python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
                               [--frames 4] [--hw 120 160] [--frame-every 1]
@@ -9,9 +9,10 @@
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
 and a top view of the fused scene to DIR, printing their paths.
 
-``verify`` checks a dataset root (``datasets/verify.py``): it prints every scene found (points, boxes,
-classes present), the counts per split and every problem, as text or as one JSON object (``--json``),
-and exits with status 1 when it found any problem.
+``verify`` checks a dataset root (``datasets/verify.py``): it prints the layout and folder it found
+(ScanNet: a layout's folder or the VoteNet / mmdetection3d dataset root holding it), every scene found
+(points, boxes, classes present), the counts per split and every problem, as text or as one JSON object
+(``--json``), and exits with status 1 when it found any problem, finding no scene at all included.
 
 ``export`` writes the simulated benchmark (``SyntheticIndoor`` with these settings) in a real dataset's
 on-disk layout (``datasets/synthetic/export.py``): ``scannet-raw`` = ScanNet's ``scans/`` with the label map,
@@ -55,8 +56,8 @@ def _show(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from datasets.verify import format_report
 
-    if args.limit is not None and args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    if args.limit is not None and args.limit < 1:  # checking no scene must not read as "no problems found"
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     root = None if args.root is None else pathlib.Path(args.root)
     options = {}
     if args.sens_root is not None:
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--kind", required=True, choices=sorted(VERIFIERS), help="dataset reader")
     verify.add_argument("--root", help="dataset root folder (not used by synthetic)")
     verify.add_argument("--layout", default="auto",
-                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export or raw; "
+                        help="on-disk layout; s3dis: auto, bin (mmdet3d) or raw; scannet: auto, export, raw or bin; "
                              "sunrgbd: auto, votenet or mmdet3d")
     verify.add_argument("--limit", type=int, default=None, help="check at most N scenes per split")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -80,9 +80,9 @@ def project(xyz_world: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.
     z <= 0 are behind the camera and their uv is meaningless.
     """
     pts = np.asarray(xyz_world, dtype=np.float64).reshape(-1, 3)
-    cam = (pts - pose[:3, 3]) @ pose[:3, :3]  # R^T (p - t), row-vector form
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf points (and z = 0) give NaN/inf, not warnings
+        cam = (pts - pose[:3, 3]) @ pose[:3, :3]  # R^T (p - t), row-vector form
+        z = cam[:, 2]
         u = K[0, 0] * cam[:, 0] / z + K[0, 2]
         v = K[1, 1] * cam[:, 1] / z + K[1, 2]
     return np.stack([u, v], axis=1), z
@@ -129,11 +129,12 @@ def zbuffer(points: np.ndarray, K: np.ndarray, pose: np.ndarray, image_hw: tuple
     """Nearest point per pixel: (H, W) float32 depth (0 = empty) and (H, W) int64 point index (-1 = empty).
 
     Each point in front of the camera covers its nearest pixel, or a (2*splat_px+1)^2 square around
-    it, so that sparse foreground points hide more of the background seen through their gaps.
+    it, so that sparse foreground points hide more of the background seen through their gaps. Points
+    with a non-finite coordinate cover no pixel.
     """
     h, w = image_hw
     uv, z = project(points, K, pose)
-    front = np.nonzero(z > 0)[0]
+    front = np.nonzero((z > 0) & np.isfinite(z) & np.isfinite(uv).all(axis=1))[0]
     col = np.round(uv[front, 0]).astype(np.int64)
     row = np.round(uv[front, 1]).astype(np.int64)
     offsets = np.arange(-splat_px, splat_px + 1)

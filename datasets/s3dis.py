@@ -23,7 +23,7 @@ import gin
 import numpy as np
 
 from bench.errors import DataError
-from datasets.scene_list import SceneListDataset
+from datasets.scene_list import SceneListDataset, non_finite_policy
 from datasets.types import DatasetInfo, Scene
 
 SEG_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa",
@@ -66,13 +66,16 @@ def boxes_from_instances(points: np.ndarray, semantic: np.ndarray,
     """Axis-aligned boxes of the instances (id > 0) whose class is a detection class.
 
     An instance's class is the most common semantic label among its points (in S3DIS every point of
-    an object carries the object's class). Returns boxes (B, 7) float32 ``[cx, cy, cz, dx, dy, dz, 0]``,
-    labels (B,) int32 detection index and the instance id (B,) int32 of each box, in instance id order.
+    an object carries the object's class). Points with a non-finite coordinate are left out, so a box is
+    the same whether or not the reader later drops them. Returns boxes (B, 7) float32
+    ``[cx, cy, cz, dx, dy, dz, 0]``, labels (B,) int32 detection index and the instance id (B,) int32 of
+    each box, in instance id order.
     """
     seg_to_det = np.asarray(S3DIS_INFO.seg_to_det)
+    finite = np.isfinite(points).all(axis=1)
     boxes, labels, ids = [], [], []
     for inst in np.unique(instance[instance > 0]):
-        member = instance == inst
+        member = (instance == inst) & finite
         classes = semantic[member]
         seg = int(np.bincount(classes[classes >= 0], minlength=1).argmax()) if (classes >= 0).any() else -1
         if seg < 0 or seg >= len(seg_to_det) or seg_to_det[seg] < 0:
@@ -108,8 +111,8 @@ def _first_bad_line(path: pathlib.Path) -> str:
     with open(path, "r", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
-            try:
-                ok = len(fields) == 6 and all(np.isfinite([float(v) for v in fields]))
+            try:  # non-finite x y z are the readers' non_finite policy's to handle, not a malformed line
+                ok = len(fields) == 6 and all(np.isfinite([float(v) for v in fields])[3:])
             except ValueError:
                 ok = False
             if not ok:
@@ -118,7 +121,10 @@ def _first_bad_line(path: pathlib.Path) -> str:
 
 
 def read_annotation(path: pathlib.Path) -> np.ndarray:
-    """The (n, 6) float64 ``x y z r g b`` rows of one annotation file; one-line S3DISError if malformed."""
+    """The (n, 6) float64 ``x y z r g b`` rows of one annotation file; one-line S3DISError if malformed.
+
+    Coordinates may be NaN/inf (the dataset's ``non_finite`` policy handles them); colours may not.
+    """
     try:
         with warnings.catch_warnings():  # an empty file is reported below, not as a numpy warning
             warnings.simplefilter("ignore", UserWarning)
@@ -129,7 +135,7 @@ def read_annotation(path: pathlib.Path) -> np.ndarray:
         raise S3DISError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if rows.shape[0] == 0:
         raise S3DISError(f"{path}: empty annotation file")
-    if rows.shape[1] != 6 or not np.isfinite(rows).all():
+    if rows.shape[1] != 6 or not np.isfinite(rows[:, 3:]).all():
         raise S3DISError(_first_bad_line(path))
     bad = np.nonzero(((rows[:, 3:] < 0) | (rows[:, 3:] > 255)).any(axis=1))[0]
     if len(bad):
@@ -194,7 +200,8 @@ def bin_room_problems(root: pathlib.Path | str, room: str) -> tuple[dict[str, np
     """Load a room's three .bin files and list every problem found instead of stopping at the first.
 
     Checks: each file present and a whole number of records, mask lengths equal the point count, at
-    least one point, finite coordinates, colours in 0..255, semantic ids in 0..12, instance ids >= 0.
+    least one point, finite colours in 0..255, semantic ids in 0..12, instance ids >= 0. Non-finite
+    coordinates are left to the readers' ``non_finite`` policy (and ``verify``'s scene checks).
     Returns the arrays that could be read and the problems (one line each).
     """
     root = pathlib.Path(root)
@@ -208,8 +215,8 @@ def bin_room_problems(root: pathlib.Path | str, room: str) -> tuple[dict[str, np
     if points is not None:
         if len(points) == 0:
             problems.append(f"{root / 'points' / room}.bin: empty (0 points)")
-        elif not np.isfinite(points).all():
-            problems.append(f"{root / 'points' / room}.bin: non-finite values")
+        elif not np.isfinite(points[:, 3:]).all():
+            problems.append(f"{root / 'points' / room}.bin: non-finite colours")
         elif points[:, 3:].min() < 0 or points[:, 3:].max() > 255:
             problems.append(f"{root / 'points' / room}.bin: colours outside 0..255")
         for kind in ("semantic_mask", "instance_mask"):
@@ -243,9 +250,10 @@ class _S3DISRooms(SceneListDataset):
 
     info: DatasetInfo = S3DIS_INFO
 
-    def __init__(self, root: pathlib.Path | str, val_area: int = 5):
+    def __init__(self, root: pathlib.Path | str, val_area: int = 5, non_finite: str = "drop"):
         self.root = pathlib.Path(root)
         self.val_area = int(val_area)
+        self.non_finite = non_finite_policy(non_finite)
         if not self.root.is_dir():
             raise S3DISError(f"{self.root}: S3DIS root folder not found")
         rooms = sorted(self._list_rooms())
@@ -263,6 +271,8 @@ class S3DISBin(_S3DISRooms):
     Args:
         root: the folder holding ``points/`` (e.g. mmdet3d's ``data/s3dis``).
         val_area: the area whose rooms form the val split; the other areas are train.
+        non_finite: points with a NaN/inf coordinate: "drop" them (default; one warning line per scene)
+            or "error" (refuse the scene with a one-line DataError).
     """
 
     def _list_rooms(self) -> list[str]:
@@ -274,6 +284,9 @@ class S3DISBin(_S3DISRooms):
     def read_scene(self, room: str) -> Scene:
         return read_bin_room(self.root, room)
 
+    def points_source(self, room: str) -> str:
+        return str(self.root / "points" / f"{room}.bin")
+
 
 @gin.register
 class S3DISRaw(_S3DISRooms):
@@ -282,6 +295,7 @@ class S3DISRaw(_S3DISRooms):
     Args:
         root: the folder holding ``Area_1`` ... ``Area_6`` (``Stanford3dDataset_v1.2_Aligned_Version``).
         val_area: the area whose rooms form the val split; the other areas are train.
+        non_finite: as for ``S3DISBin``.
     """
 
     def _list_rooms(self) -> list[str]:
@@ -297,3 +311,6 @@ class S3DISRaw(_S3DISRooms):
 
     def read_scene(self, room: str) -> Scene:
         return read_raw_room(self.room_folder(room), scene_id=room)
+
+    def points_source(self, room: str) -> str:
+        return str(self.room_folder(room) / "Annotations" / "*.txt")

@@ -55,6 +55,18 @@ class Scene:
         return int(self.points.shape[0])
 
 
+# The Scene fields with one row per point; anything that removes points must index all of them alike.
+POINT_FIELDS = ("points", "colors", "semantic", "instance")
+
+
+def select_points(scene: Scene, keep: np.ndarray) -> Scene:
+    """``scene`` with only the points ``keep`` (a boolean mask or indices) in every per-point field.
+
+    Boxes, their labels and instance ids, and the frames are kept as they are.
+    """
+    return dataclasses.replace(scene, **{name: getattr(scene, name)[keep] for name in POINT_FIELDS})
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a metric or a head needs to know about a dataset's label space."""

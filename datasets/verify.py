@@ -2,16 +2,18 @@
 
 A verifier takes a dataset root and returns a report dict (JSON-able)::
 
-    {"kind": "s3dis", "root": "...", "layout": "bin", "ok": false,
+    {"kind": "s3dis", "root": "...", "layout": "bin", "found": null, "ok": false,
      "scenes": [{"split": "train", "scene_id": "Area_1_office_2", "points": 100, "boxes": 5,
                  "classes": ["ceiling", ...], "box_classes": {"table": 2, ...}, "problems": []}, ...],
      "splits": {"train": {"scenes": 1, "points": 100, "boxes": 5, "problems": 0}, ...},
      "problems": [{"split": "train", "scene_id": "Area_1_office_2", "message": "..."}, ...]}
 
 Every scene is checked inside its own ``try``: a problem is recorded and the next scene is checked, so
-one bad file never hides the others. Readers of other datasets add a verifier to ``VERIFIERS``; a
-verifier is ``fn(root, *, layout="auto", limit=None) -> report`` and usually just lists its scenes
-and calls ``check_scene`` on each (or ``verify_dataset`` for anything with the dataset protocol).
+one bad file never hides the others; a root where no scene is found is a problem too. ``found`` says
+which layout and folder a verifier read where it looks under the root (ScanNet:
+``datasets/scannet/roots.py``). Readers of other datasets add a verifier to ``VERIFIERS``; a verifier is
+``fn(root, *, layout="auto", limit=None) -> report`` and usually just lists its scenes and calls
+``check_scene`` on each (or ``verify_dataset`` for anything with the dataset protocol).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def one_line(exc: BaseException) -> str:
 
 def new_report(kind: str, root: pathlib.Path | str | None, layout: str) -> dict:
     """An empty report; fill ``scenes`` (and root-level ``problems``), then call ``finish_report``."""
-    return {"kind": kind, "root": None if root is None else str(root), "layout": layout, "ok": True,
+    return {"kind": kind, "root": None if root is None else str(root), "layout": layout, "found": None, "ok": True,
             "scenes": [], "splits": {}, "problems": []}
 
 
@@ -64,8 +66,12 @@ def scene_problems(scene: Scene, info: DatasetInfo) -> list[str]:
     if len(scene.box_labels) != len(scene.boxes) or len(scene.box_instance) != len(scene.boxes):
         problems.append(f"{len(scene.boxes)} boxes but {len(scene.box_labels)} labels, "
                         f"{len(scene.box_instance)} instance ids")
-    if not np.isfinite(scene.points).all() or not np.isfinite(scene.boxes).all():
-        problems.append("non-finite coordinates in points or boxes")
+    bad = int(n - np.count_nonzero(np.isfinite(scene.points).all(axis=1)))
+    if bad:
+        problems.append(f"{bad} of {n} points have non-finite (NaN/inf) coordinates (readers drop them by default, "
+                        "or refuse the scene with non_finite='error')")
+    if not np.isfinite(scene.boxes).all():
+        problems.append("non-finite box parameters")
     sem = scene.semantic
     if len(sem) and (sem.min() < IGNORE_INDEX or sem.max() >= len(info.seg_classes)):
         problems.append(f"semantic ids {sem.min()}..{sem.max()} outside {IGNORE_INDEX}..{len(info.seg_classes) - 1}")
@@ -147,6 +153,9 @@ def finish_report(report: dict) -> dict:
                             for m in entry["problems"]]
     report["splits"] = splits
     report["problems"] = [p for p in report["problems"] if p["scene_id"] is None] + scene_problems_
+    if not report["scenes"] and not report["problems"]:  # an empty or unrelated folder is not a clean dataset
+        where = report["found"] or report["root"]
+        report["problems"].append({"split": None, "scene_id": None, "message": f"{where}: no scenes found"})
     report["ok"] = not report["problems"]
     return report
 
@@ -280,77 +289,74 @@ def verify_sunrgbd(root: pathlib.Path | None, *, layout: str = "auto", limit: in
         add_problem(report, f"unknown sunrgbd layout {layout!r}; use auto, votenet or mmdet3d")
         return finish_report(report)
     try:
-        dataset = readers[layout](root)
+        # "error": a NaN point is a problem to report here, not something to drop quietly.
+        dataset = readers[layout](root, non_finite="error")
     except (OSError, ValueError) as exc:
         add_problem(report, one_line(exc))
         return finish_report(report)
     return verify_dataset(report, dataset, limit)
 
 
-def _scannet_splits(root: pathlib.Path, meta_dir: pathlib.Path | None) -> dict[str, list[str]]:
-    """Scene ids per split from ``scannetv2_<split>.txt`` (in ``meta_dir``, ``root/meta_data`` or
-    ``root/../meta_data``); without split lists, every exported scene under the split name "all"."""
+def _scannet_splits(found) -> dict[str, list[str]]:
+    """Scene ids per split from the ``scannetv2_<split>.txt`` lists found with the root; without split
+    lists, every scene on disk under the split name "all"."""
     from datasets.scannet import read_split_list
 
-    for folder in (meta_dir, root / "meta_data", root.parent / "meta_data"):
-        if folder is not None and (pathlib.Path(folder) / "scannetv2_train.txt").is_file():
-            return {split: read_split_list(folder, split) for split in ("train", "val")}
-    scenes = sorted({p.name.split("_vert")[0] for p in root.glob("*_vert*.npy")}
-                    | {p.name for p in root.glob("scans/*") if p.is_dir()})
-    return {"all": scenes}
+    if found.meta_dir is not None:
+        return {split: read_split_list(found.meta_dir, split) for split in ("train", "val")}
+    return {"all": found.scene_ids_on_disk()}
 
 
-def _scannet_raw_rows(report: dict, root: pathlib.Path, limit: int | None, meta_dir: pathlib.Path | None,
-                      frames=None) -> None:
-    """Rows of a raw ScanNet root: ``scans/<scene>/`` folders and ``scannetv2-labels.combined.tsv`` beside them."""
-    from datasets.scannet import SCANNET_INFO, read_label_map, read_raw_scene
+def _scannet_loader(found, frames):
+    """``load(scene_id) -> Scene`` for the layout ``found``; a one-line error where the layout cannot be read
+    at all (raw scans without their label map)."""
+    from datasets.scannet import read_bin_scene, read_export_scene, read_label_map, read_raw_scene
     from datasets.scannet.dataset import with_frames
 
-    tsv = root / "scannetv2-labels.combined.tsv"
-    try:
-        read_label_map(tsv)
-    except (OSError, ValueError) as exc:
-        add_problem(report, one_line(exc))
-        return
-    for split, scene_ids in _scannet_splits(root, meta_dir).items():
-        for scene_id in scene_ids[:limit]:
-            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: with_frames(
-                read_raw_scene(root / "scans", s, tsv), frames), SCANNET_INFO))
+    if found.layout == "export":
+        return lambda s: with_frames(read_export_scene(found.folder, s), frames)
+    if found.layout == "bin":
+        return lambda s: with_frames(read_bin_scene(found.folder, s), frames)
+    if found.label_map is None:
+        raise FileNotFoundError(f"{found.folder}: no scannetv2-labels.combined.tsv beside it or in meta_data/ "
+                                "(the raw layout needs it)")
+    read_label_map(found.label_map)
+    return lambda s: with_frames(read_raw_scene(found.folder, s, found.label_map), frames)
 
 
 def verify_scannet(root: pathlib.Path | None, *, layout: str = "auto", limit: int | None = None,
                    meta_dir: pathlib.Path | None = None, frames=None) -> dict:
-    """Check a ScanNet root, a VoteNet/mmdet3d ``export`` or the ``raw`` download (``scans/``; ``auto``
-    picks raw when ``scans/`` exists): every scene of the split lists loads into a valid ``Scene`` (a
-    scene missing from disk is a problem); export scenes have their ``.npy`` files with sound headers.
-    With a frame source (e.g. ``SensFrames``), every frame of every scene is loaded and checked too."""
-    from datasets.scannet import SCANNET_INFO, read_export_scene
-    from datasets.scannet.dataset import with_frames
+    """Check a ScanNet root: a VoteNet/mmdet3d ``export``, the ``raw`` download (``scans/``) or mmdet3d's
+    ``bin`` files, in the layout's own folder or the dataset root holding it (``auto``: the first found
+    of export, raw, bin; ``datasets/scannet/roots.py``). Every scene of the split lists loads into a
+    valid ``Scene`` (a scene missing from disk is a problem); export scenes have their ``.npy`` files
+    with sound headers. With a frame source (e.g. ``SensFrames``), every frame of every scene is loaded
+    and checked too."""
+    from datasets.scannet import SCANNET_INFO
     from datasets.scannet.readers import export_path
+    from datasets.scannet.roots import resolve_scannet_root
 
     report = new_report("scannet", root, layout)
-    if root is None or not pathlib.Path(root).is_dir():
-        add_problem(report, f"{root}: ScanNet root folder not found (give --root)")
+    if root is None:
+        add_problem(report, "no ScanNet root given (give --root)")
         return finish_report(report)
-    root = pathlib.Path(root)
-    if layout == "auto":
-        report["layout"] = "raw" if (root / "scans").is_dir() else "export"
-    if report["layout"] == "raw":
-        _scannet_raw_rows(report, root, limit, meta_dir, frames)
+    try:
+        found = resolve_scannet_root(root, layout, meta_dir)
+        report["layout"], report["found"] = found.layout, found.summary()
+        load = _scannet_loader(found, frames)
+        splits = _scannet_splits(found)
+    except (OSError, ValueError) as exc:
+        add_problem(report, one_line(exc))
         return finish_report(report)
-    if report["layout"] != "export":
-        add_problem(report, f"unknown scannet layout {layout!r}; verify checks the 'export' layout "
-                            "(<scene>_vert[_all].npy, _sem_label, _ins_label, _bbox) and the 'raw' layout (scans/)")
-        return finish_report(report)
-    for split, scene_ids in _scannet_splits(root, meta_dir).items():
+    for split, scene_ids in splits.items():
         for scene_id in scene_ids[:limit]:
-            files = [export_path(root, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
-            header = [m for path in files for m in npy_problems(path)]
-            if header:
-                report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
-                continue
-            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: with_frames(
-                read_export_scene(root, s), frames), SCANNET_INFO))
+            if found.layout == "export":
+                files = [export_path(found.folder, scene_id, key) for key in ("vert", "sem_label", "ins_label")]
+                header = [m for path in files for m in npy_problems(path)]
+                if header:
+                    report["scenes"].append({**scene_entry(split, scene_id, None, SCANNET_INFO), "problems": header})
+                    continue
+            report["scenes"].append(check_scene(split, scene_id, lambda s=scene_id: load(s), SCANNET_INFO))
     return finish_report(report)
 
 
@@ -361,6 +367,8 @@ VERIFIERS: dict[str, Callable[..., dict]] = {"synthetic": verify_synthetic, "s3d
 def format_report(report: dict) -> str:
     """The report as text: one line per scene, the per-split counts, then every problem."""
     lines = [f"{report['kind']} ({report['layout']} layout) at {report['root'] or '(no files)'}"]
+    if report.get("found"):
+        lines.append(f"found: {report['found']}")
     for e in report["scenes"]:
         points = "?" if e["points"] is None else e["points"]
         found = f"{points:>9} points {'?' if e['boxes'] is None else e['boxes']:>4} boxes"

@@ -1,8 +1,10 @@
 """ScanNet v2 point-cloud exports -> ``Scene``: the votenet/mmdet3d ``.npy`` export and mmdet3d ``.bin``.
 
-Both exports hold the ``_vh_clean_2`` mesh vertices in the axis-aligned frame (z up, metres) with
-NYU40 semantic ids and instance ids per point (MANIFEST.md sections 4-6). Boxes are axis-aligned
-(yaw 0) and have full extents; the ``_bbox.npy`` of the export is the exact min/max of each
+Both exports hold the ``_vh_clean_2`` mesh vertices with NYU40 semantic ids and instance ids per point
+(MANIFEST.md sections 4-6), read into the axis-aligned frame (z up, metres): VoteNet's and mmdet3d's 2020
+exports store them aligned; mmdet3d's current export stores them in the scan's own frame with
+``<scene>_axis_align_matrix.npy`` beside them, which is applied here. Boxes are axis-aligned (yaw 0) and
+have full extents; the ``_bbox.npy`` (``_aligned_bbox.npy``) of the export is the exact min/max of each
 detection-class instance, which is also how ``boxes_from_instances`` derives them.
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 from datasets.scannet.labels import nyu40_to_det, nyu40_to_seg
 from datasets.types import Scene
 
-EXPORT_LAYOUT = "<scene>_vert[_all].npy (N,6) xyz+rgb, _sem_label[_all].npy (N,) NYU40, _ins_label[_all].npy (N,)"
+EXPORT_LAYOUT = ("<scene>_vert[_all].npy (N,6) xyz+rgb, _sem_label[_all].npy (N,) NYU40, _ins_label[_all].npy (N,), "
+                 "optional _axis_align_matrix.npy (4,4)")
 BIN_LAYOUT = "points/<scene>.bin float32 (N,6), semantic_mask/<scene>.bin int64 (N,), instance_mask/<scene>.bin int64"
 
 
@@ -69,15 +72,18 @@ def instance_nyu40(nyu40: np.ndarray, instance: np.ndarray) -> dict[int, int]:
 def boxes_from_instances(xyz: np.ndarray, nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, ...]:
     """Axis-aligned min/max boxes of the instances whose NYU40 id is a detection class.
 
-    Returns boxes (B, 7) float32 with yaw 0, detection labels (B,) int32 and instance ids (B,)
-    int32, in increasing instance id order.
+    Points with a non-finite coordinate are left out (so a box is the same whether or not the reader
+    later drops them); an instance with no finite point has no box. Returns boxes (B, 7) float32 with
+    yaw 0, detection labels (B,) int32 and instance ids (B,) int32, in increasing instance id order.
     """
+    finite = np.isfinite(xyz).all(axis=1)
     boxes, labels, ids = [], [], []
     for inst, nyu in instance_nyu40(nyu40, instance).items():
         det = int(nyu40_to_det(np.array([nyu]))[0])
-        if det < 0:
+        member = (instance == inst) & finite
+        if det < 0 or not member.any():
             continue
-        p = xyz[instance == inst].astype(np.float64)
+        p = xyz[member].astype(np.float64)
         lo, hi = p.min(axis=0), p.max(axis=0)
         boxes.append(np.r_[(lo + hi) / 2, hi - lo, 0.0])
         labels.append(det)
@@ -135,20 +141,28 @@ def export_scene_present(folder: str | pathlib.Path, scene_id: str) -> bool:
 
 
 def read_export_scene(folder: str | pathlib.Path, scene_id: str, use_bbox_file: bool = True) -> Scene:
-    """Read one scene of the votenet/mmdet3d ``scannet_train_instance_data`` export (axis-aligned frame).
+    """Read one scene of a votenet/mmdet3d export folder into the axis-aligned frame.
 
-    Uses ``<scene>_bbox.npy`` (and ``_bbox_idx.npy`` for box instance ids) when present and
-    ``use_bbox_file``; otherwise boxes are the min/max of each detection-class instance.
+    Points are moved by ``<scene>_axis_align_matrix.npy`` when present (mmdet3d's current export).
+    Uses ``<scene>_bbox.npy`` or ``_aligned_bbox.npy`` (and ``_bbox_idx.npy`` for box instance ids) when
+    present and ``use_bbox_file``; otherwise boxes are the min/max of each detection-class instance.
     """
     folder = pathlib.Path(folder)
     vert = load_npy(export_path(folder, scene_id, "vert"), EXPORT_LAYOUT, 2, cols=6)
     n = len(vert)
     sem = load_npy(export_path(folder, scene_id, "sem_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
     ins = load_npy(export_path(folder, scene_id, "ins_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
+    align_path = folder / f"{scene_id}_axis_align_matrix.npy"
+    if align_path.is_file():
+        align = load_npy(align_path, EXPORT_LAYOUT, 2, rows=4, cols=4)
+        if not np.isfinite(align).all():
+            raise ValueError(f"{align_path}: expected a finite 4x4 axis alignment matrix")
+        vert = np.c_[vert[:, :3].astype(np.float64) @ align[:3, :3].T + align[:3, 3], vert[:, 3:6]]
     boxes = None
-    bbox_path = folder / f"{scene_id}_bbox.npy"
-    if use_bbox_file and bbox_path.is_file():
-        layout = "<scene>_bbox.npy (B,7) [cx,cy,cz,dx,dy,dz,nyu40 id], optional _bbox_idx.npy (B,)"
+    bbox_path = next((p for p in (folder / f"{scene_id}_bbox.npy", folder / f"{scene_id}_aligned_bbox.npy")
+                      if p.is_file()), None)
+    if use_bbox_file and bbox_path is not None:
+        layout = "<scene>_bbox.npy or _aligned_bbox.npy (B,7) [cx,cy,cz,dx,dy,dz,nyu40 id], optional _bbox_idx.npy (B,)"
         bbox = load_npy(bbox_path, layout, 2, cols=7)
         idx_path = folder / f"{scene_id}_bbox_idx.npy"
         idx = load_npy(idx_path, layout, 1, rows=len(bbox)) if idx_path.is_file() else None

@@ -8,7 +8,7 @@ import gin
 import numpy as np
 
 from datasets.frame_sequence import LazyFrames
-from datasets.scene_list import SceneListDataset
+from datasets.scene_list import SceneListDataset, non_finite_policy
 from datasets.sunrgbd.camera import SunRgbdError
 from datasets.sunrgbd.labels import SUNRGBD_INFO, read_votenet_boxes
 from datasets.sunrgbd.votenet import LAYOUT, read_votenet_points, votenet_frame
@@ -41,13 +41,17 @@ class SunRgbdVotenet(SceneListDataset):
         root: the ``sunrgbd_trainval`` folder.
         labels: annotation folder, "label" (v2, what votenet/mmdet3d train on) or "label_v1".
         source: points, "depth" (every valid pixel, depth/*.mat) or "lidar" (50k subset, lidar/*.npz).
+        non_finite: points with a NaN/inf coordinate: "drop" them (default; one warning line per scene)
+            or "error" (refuse the scene with a one-line DataError).
     """
 
-    def __init__(self, root: str | pathlib.Path, labels: str = "label", source: str = "depth"):
+    def __init__(self, root: str | pathlib.Path, labels: str = "label", source: str = "depth",
+                 non_finite: str = "drop"):
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise SunRgbdError(f"{self.root}: SUN RGB-D root folder not found (expected {LAYOUT})")
         self.labels, self.source = labels, source
+        self.non_finite = non_finite_policy(non_finite)
         self.info = SUNRGBD_INFO
         self.scene_ids = {split: [f"sunrgbd-{i:06d}" for i in read_index_list(self.root / name)]
                           for split, name in _SPLIT_FILES.items()}
@@ -61,6 +65,11 @@ class SunRgbdVotenet(SceneListDataset):
         # Read (and z-buffered) only when used: fine-tuning and the scene cache need the points alone.
         frames = LazyFrames([f"sunrgbd/{number:06d}"], lambda index: votenet_frame(self.root, number, points))
         return frame_scene(f"sunrgbd-{number:06d}", points, boxes, labels, frames)
+
+    def points_source(self, scene_id: str) -> str:
+        number = int(scene_id.rsplit("-", 1)[1])
+        return str(self.root / "depth" / f"{number:06d}.mat" if self.source == "depth"
+                   else self.root / "lidar" / f"{number:06d}.npz")
 
 
 def frame_scene(scene_id: str, points: np.ndarray, boxes: np.ndarray, labels: np.ndarray, frames) -> Scene:

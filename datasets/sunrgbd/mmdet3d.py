@@ -19,7 +19,7 @@ import scipy.linalg
 from datasets.frame_sequence import LazyFrames
 from datasets.geometry import zbuffer
 from datasets.safe_pickle import load_pickle
-from datasets.scene_list import SceneListDataset
+from datasets.scene_list import SceneListDataset, non_finite_policy
 from datasets.sunrgbd.camera import SunRgbdError, zero_based_intrinsics
 from datasets.sunrgbd.dataset import frame_scene
 from datasets.sunrgbd.labels import DET_CLASSES, SUNRGBD_INFO
@@ -71,14 +71,17 @@ class SunRgbdMmdet3d(SceneListDataset):
         infos: split -> info pkl (relative to ``root``), read with the restricted unpickler.
         points_dir: folder of the ``.bin`` points, relative to ``root`` ("" = ``root``).
         images_dir: folder of the images, relative to ``root``.
+        non_finite: points with a NaN/inf coordinate: "drop" them (default; one warning line per scene)
+            or "error" (refuse the scene with a one-line DataError).
     """
 
     def __init__(self, root: str | pathlib.Path = gin.REQUIRED,
                  infos: dict[str, str] | None = None, points_dir: str = "points",
-                 images_dir: str = "sunrgbd_trainval/image"):
+                 images_dir: str = "sunrgbd_trainval/image", non_finite: str = "drop"):
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise SunRgbdError(f"{self.root}: SUN RGB-D root folder not found (expected {LAYOUT})")
+        self.non_finite = non_finite_policy(non_finite)
         self.infos = dict(infos or {"train": "sunrgbd_infos_train.pkl", "val": "sunrgbd_infos_val.pkl"})
         self.points_dir, self.images_dir = points_dir, images_dir
         self.info = SUNRGBD_INFO
@@ -121,3 +124,6 @@ class SunRgbdMmdet3d(SceneListDataset):
 
         frames = LazyFrames([scene_id.replace("-", "/", 1)], load_frame)
         return frame_scene(scene_id, points, entry["boxes"], entry["labels"], frames)
+
+    def points_source(self, scene_id: str) -> str:
+        return str(self.root / self.points_dir / self._entries[scene_id]["points"])

@@ -152,3 +152,37 @@ def test_new_verifier_is_one_dict_entry(monkeypatch, capsys):
     monkeypatch.setitem(verify.VERIFIERS, "fake", verify_fake)
     assert main(["verify", "--kind", "fake", "--root", "x", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["problems"] == [{"split": None, "scene_id": None, "message": "nothing here"}]
+
+
+@pytest.mark.parametrize("kind", ["scannet", "s3dis", "sunrgbd"])
+def test_an_empty_or_unrelated_root_is_a_problem(kind, tmp_path, capsys):
+    (tmp_path / "holiday.jpg").write_bytes(b"not a dataset")
+    assert main(["verify", "--kind", kind, "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "no problems found" not in out and "1 problems:" in out and str(tmp_path) in out
+
+
+def test_a_layout_found_with_no_scene_in_it_is_a_problem(tmp_path, capsys):
+    (tmp_path / "s3dis" / "Area_1").mkdir(parents=True)  # the raw layout's area folder, no rooms
+    sunrgbd = tmp_path / "sunrgbd_trainval"
+    sunrgbd.mkdir()
+    (sunrgbd / "train_data_idx.txt").write_text("")
+    (sunrgbd / "val_data_idx.txt").write_text("")
+    for kind, root in (("s3dis", tmp_path / "s3dis"), ("sunrgbd", sunrgbd)):
+        report = verify.VERIFIERS[kind](root)
+        assert not report["ok"] and report["scenes"] == []
+        assert report["problems"] == [{"split": None, "scene_id": None, "message": f"{root}: no scenes found"}]
+    scannet = tmp_path / "scannet"  # an export whose split lists are empty
+    (scannet / "meta_data").mkdir(parents=True)
+    for split in ("train", "val"):
+        (scannet / "meta_data" / f"scannetv2_{split}.txt").write_text("")
+    np.save(scannet / "scene0000_00_vert.npy", np.zeros((1, 6), np.float32))
+    (problem,) = verify.verify_scannet(scannet)["problems"]
+    assert problem["message"].endswith(": no scenes found") and str(scannet) in problem["message"]
+    assert main(["verify", "--kind", "s3dis", "--root", str(tmp_path / "s3dis")]) == 1
+    assert "no scenes found" in capsys.readouterr().out
+
+
+def test_limit_zero_is_refused(capsys):
+    assert main(["verify", "--kind", "synthetic", "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
