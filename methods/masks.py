@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.errors import HarnessError
 from datasets.types import Frame
-from methods.weights import load_weights
+from methods.weights import load_weights, resolve_device
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -106,12 +106,14 @@ class SamMaskSource(MaskSource):
       checkpoint: SAM checkpoint file (state dict), e.g. ``sam_vit_h_4b8939.pth``, or its conversion to
         ``.safetensors`` (the only form accepted on torch < 2.6).
       model_type: key of ``segment_anything.sam_model_registry`` (vit_h, vit_l, vit_b, default).
+      device: ``'auto'`` (CUDA when ``torch.cuda.is_available()``, else CPU), ``'cpu'``, ``'cuda'`` or
+        ``'cuda:N'``; resolved when the source is built, kept in ``device`` and shown in ``description``.
       model_builder: optional ``builder(checkpoint=None) -> Sam`` (the registry's signature) replacing
         the registry lookup (custom or tiny models); ``model_type`` is then only a label.
       The remaining arguments are ``SamAutomaticMaskGenerator``'s, passed through unchanged.
     """
 
-    def __init__(self, checkpoint: str, model_type: str = "vit_h", device: str = "cpu",
+    def __init__(self, checkpoint: str, model_type: str = "vit_h", device: str = "auto",
                  points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.86,
                  stability_score_thresh: float = 0.92, stability_score_offset: float = 1.0,
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 1, crop_nms_thresh: float = 0.7,
@@ -121,7 +123,9 @@ class SamMaskSource(MaskSource):
         if not self.checkpoint.is_file():
             raise HarnessError(f"SamMaskSource.checkpoint: SAM checkpoint not found: {self.checkpoint} "
                                "(expected a state dict file such as sam_vit_h_4b8939.pth)")
-        self.model_type, self.device, self.model_builder = model_type, device, model_builder
+        # Resolved now: the preparation cache key and the tables then name the device the masks come from.
+        self.device = resolve_device(device, "SamMaskSource.device")
+        self.model_type, self.model_builder = model_type, model_builder
         self.generator_kwargs = dict(
             points_per_side=points_per_side, points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
@@ -134,7 +138,7 @@ class SamMaskSource(MaskSource):
 
     @property
     def description(self) -> str:
-        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name})"
+        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device})"
 
     def _build_generator(self):
         sam = _import_segment_anything()

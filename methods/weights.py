@@ -1,10 +1,12 @@
-"""Local model weights: load a state-dict file without unpickling code.
+"""Local model weights: load a state-dict file without unpickling code, and pick the device to run on.
 
 ``torch.load`` without ``weights_only=True`` unpickles anything a file holds, so loading a checkpoint
 from the wrong source can run code (segment-anything's ``build_sam*`` does exactly that, and torch
 < 2.6 defaults to it). Before 2.6 even ``weights_only=True`` could be bypassed (CVE-2025-32434), so
 there pickle-based files are refused and ``.safetensors`` files (no code at all) are the way in.
 ``load_weights`` reads tensors only and checks every key and shape, with one-line errors naming the file.
+``resolve_device`` turns ``'auto'`` into the accelerator when there is one (preparation runs SAM and
+DINOv2 over every frame: hours per thousand frames on a CPU).
 """
 from __future__ import annotations
 
@@ -17,6 +19,25 @@ import torch
 from torch import nn
 
 from bench.errors import HarnessError
+
+
+def resolve_device(device: str, where: str) -> str:
+    """``'auto'`` -> ``'cuda'`` when ``torch.cuda.is_available()``, else ``'cpu'``; other names checked.
+
+    ``where`` names the parameter in errors (e.g. ``SamMaskSource.device``). An explicit CUDA device on a
+    machine without one is an error here rather than deep inside the first forward pass.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise HarnessError(f"{where} = {device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' "
+                           "or 'cuda:N'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"{where} = {device!r} but torch.cuda.is_available() is False here; "
+                           "use 'auto' or 'cpu'")
+    return device
 
 
 SAFE_TORCH_LOAD = (2, 6)  # first torch whose weights_only unpickler has no known bypass (CVE-2025-32434)

@@ -114,10 +114,10 @@ def tiny_sam_checkpoint(tmp_path):
 
 
 def test_sam_source_runs_the_real_generator(tiny_sam_checkpoint):
-    source = SamMaskSource(str(tiny_sam_checkpoint), model_type="tiny", model_builder=build_tiny_sam,
+    source = SamMaskSource(str(tiny_sam_checkpoint), model_type="tiny", model_builder=build_tiny_sam, device="cpu",
                            points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            crop_n_layers=1, box_nms_thresh=1.0, crop_nms_thresh=1.0, min_mask_region_area=0)
-    assert source.description == "SAM tiny (checkpoint sam_tiny.pth)"
+    assert source.description == "SAM tiny (checkpoint sam_tiny.pth, on cpu)"
     frame = make_frame()
     with torchvision_shim():
         label_map = source(frame)
@@ -128,6 +128,20 @@ def test_sam_source_runs_the_real_generator(tiny_sam_checkpoint):
     np.testing.assert_array_equal(label_map, paint_masks([r["segmentation"] for r in records], HW))
     smallest = min(records, key=lambda r: r["area"])["segmentation"]
     assert len(np.unique(label_map[smallest])) == 1  # the smallest mask is never overwritten
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, "cuda"), (False, "cpu")])
+def test_sam_device_defaults_to_the_accelerator(tiny_sam_checkpoint, monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    source = SamMaskSource(str(tiny_sam_checkpoint))
+    assert source.device == expected and source.description.endswith(f"on {expected})")
+    assert SamMaskSource(str(tiny_sam_checkpoint), device="cpu").device == "cpu"
+
+
+def test_sam_cuda_without_a_gpu_is_a_one_line_error(tiny_sam_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HarnessError, match="SamMaskSource.device = 'cuda' but"):
+        SamMaskSource(str(tiny_sam_checkpoint), device="cuda")
 
 
 def test_sam_missing_checkpoint_names_the_path(tmp_path):
@@ -153,7 +167,7 @@ def test_sam_registry_model_is_built_without_checkpoint_and_loaded_safely(tmp_pa
         torch.save(trained.state_dict(), tmp_path / "sam_vit_b.pth")
         monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b", registry_builder)
         source = SamMaskSource(str(tmp_path / "sam_vit_b.pth"), model_type="vit_b", points_per_side=2,
-                               crop_n_layers=0, min_mask_region_area=0)
+                               crop_n_layers=0, min_mask_region_area=0, device="cpu")
         source(make_frame())
     assert calls == [None]
     loaded = source._generator.predictor.model.state_dict()

@@ -1,4 +1,4 @@
-"""Local weights (methods/weights.py): state dicts load strictly and without unpickling code."""
+"""Local weights (methods/weights.py): state dicts load strictly and without unpickling code; devices."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bench.errors import HarnessError
-from methods.weights import load_weights
+from methods.weights import load_weights, resolve_device
 
 
 def tiny_model(width: int = 3) -> nn.Module:
@@ -122,3 +122,20 @@ def test_pickle_files_are_refused_before_torch_2_6(tmp_path, monkeypatch):
     message = _error(tiny_model(), tmp_path / "w.pth")
     assert "torch 2.5.1+cu121" in message and "CVE-2025-32434" in message and ".safetensors" in message
     load_weights(tiny_model(), tmp_path / "w.safetensors", "tiny")
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, "cuda"), (False, "cpu")])
+def test_auto_device_is_cuda_when_available(monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto", "X.device") == expected
+    assert resolve_device("cpu", "X.device") == "cpu"
+
+
+def test_explicit_devices_are_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda:1", "X.device") == "cuda:1"
+    with pytest.raises(HarnessError, match=r"X.device = 'gpu' is not a torch device; expected 'auto'"):
+        resolve_device("gpu", "X.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HarnessError, match=r"X.device = 'cuda' but torch.cuda.is_available\(\) is False"):
+        resolve_device("cuda", "X.device")
