@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                              "then in the repository root, then in gin/. Includes resolve relative to gin/.")
     parser.add_argument("--gin_binding", action="append", default=[], metavar="BINDING",
                         help="a gin binding such as 'Experiment.seeds = 3' (repeatable; applied after the files)")
+    parser.add_argument("--allow_gin_imports", action="store_true",
+                        help="let gin files and bindings import modules outside the project's packages (bench, "
+                             "methods, datasets) and use dynamic registration; both run arbitrary code, so give "
+                             "it only for configs you trust (default: refused, with the file and line)")
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
                         help=f"folder for everything a run writes, the embedded MLflow store included "
                              f"(default: {DEFAULT_RESULTS_DIR})")
@@ -59,7 +63,7 @@ def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
         with timing.span("imports and config"):
             from bench.config import describe_gin_error, parse_config
 
-            parse_config(args.gin, args.gin_binding)
+            parse_config(args.gin, args.gin_binding, allow_imports=args.allow_gin_imports)
             from bench import distributed
             from bench.runner import Experiment
 

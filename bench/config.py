@@ -3,6 +3,10 @@
 Top-level ``--gin`` files are looked up as given (relative to the working directory), then relative to
 the repository root, then relative to ``gin/``. ``include`` statements inside them resolve relative to
 ``gin/`` only, so a config means the same thing from any working directory.
+
+A gin ``import`` runs the imported module, and dynamic registration (``from __gin__ import
+dynamic_registration``) lets a config call any function it can reach, so by default a config may import
+only the project's own packages and may not enable dynamic registration; ``allow_imports`` lifts both.
 """
 from __future__ import annotations
 
@@ -16,11 +20,18 @@ from collections.abc import Iterator, Sequence
 
 import gin
 import gin.config
+import gin.config_parser
 
 from bench.errors import HarnessError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = REPO_ROOT / "gin"
+PROJECT_PACKAGES = ("bench", "methods", "datasets")
+_DYNAMIC_REGISTRATION = "__gin__.dynamic_registration"
+
+
+class GinImportRefused(HarnessError):
+    """A gin ``import`` statement the config may not run without ``--allow_gin_imports``."""
 
 
 def resolve_gin_file(name: str) -> pathlib.Path:
@@ -45,16 +56,52 @@ def _includes_relative_to_gin_dir() -> Iterator[None]:
         prefixes[:] = saved
 
 
-def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> list[pathlib.Path]:
+def check_gin_import(statement: gin.config_parser.ImportStatement) -> None:
+    """Refuse a gin import statement unless it imports one of the project's packages.
+
+    Raises GinImportRefused; gin adds the file and line, ``describe_gin_error`` puts them in front.
+    """
+    hint = "pass --allow_gin_imports only if you trust every gin file and binding of the run"
+    if statement.module == _DYNAMIC_REGISTRATION:
+        raise GinImportRefused(f"{statement.format()!r} refused: dynamic registration lets a gin file call any "
+                               f"Python function; {hint}")
+    if statement.module.split(".")[0] not in PROJECT_PACKAGES:
+        raise GinImportRefused(f"{statement.format()!r} refused: gin files may import only the project's packages "
+                               f"({', '.join(PROJECT_PACKAGES)}), since an import runs the module's code; {hint}")
+
+
+@contextlib.contextmanager
+def _imports_checked(allow: bool) -> Iterator[None]:
+    # Every import statement gin parses, in a file, in a file reached by include (each include is parsed in
+    # its own ParseContext) or in a binding string, goes through ParseContext.process_import before gin
+    # imports anything; checking there covers them all without re-implementing gin's parser or include search.
+    original = gin.config.ParseContext.process_import
+
+    def process_import(context, statement):
+        if not allow:
+            check_gin_import(statement)
+        return original(context, statement)
+
+    gin.config.ParseContext.process_import = process_import
+    try:
+        yield
+    finally:
+        gin.config.ParseContext.process_import = original
+
+
+def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
+                 allow_imports: bool = False) -> list[pathlib.Path]:
     """Parse gin files then bindings, in order, strictly (unknown names are errors); finalize the config.
 
     Every registered component is imported first, so a name is unknown only if it really does not exist.
     Raises HarnessError with a one-line message naming the file or binding, and the nearest valid name.
+    Unless ``allow_imports``, gin ``import`` statements outside ``PROJECT_PACKAGES`` and dynamic registration
+    are refused before they run (``check_gin_import``).
     """
     import bench.registry  # noqa: F401  registers every component with gin
 
     paths = [resolve_gin_file(name) for name in gin_files]
-    with _includes_relative_to_gin_dir():
+    with _includes_relative_to_gin_dir(), _imports_checked(allow_imports):
         for name, path in zip(gin_files, paths):
             try:
                 gin.parse_config_file(str(path))

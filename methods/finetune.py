@@ -80,22 +80,25 @@ class SegmentationFinetune(_Finetune):
       encoder: must equal the pretraining encoder spec (loading is name- and shape-checked).
       num_points: points sampled per scene for training and as token support at evaluation.
       protocol: "full" fine-tune (default) or "probe" (frozen encoder, head only).
+      propagation_power: feature propagation weights 1/d^power; 2 = PointNet++ / Point-MAE [prior], 1 = 1/d.
     """
 
     task = "seg"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, protocol: str = "full", hidden: int = 256,
-                 augment: bool = True):
+                 augment: bool = True, propagation_power: float = 2.0):
         super().__init__(tokenizer, encoder, num_points, schedule, augment)
         self.protocol = protocol
         self.hidden = hidden
+        self.propagation_power = float(propagation_power)
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Train (or resume, or reuse) the segmenter; returns (model, per-epoch history)."""
         def build():
             model = PointSegmenter(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
-                                   len(info.seg_classes), hidden=self.hidden, protocol=self.protocol)
+                                   len(info.seg_classes), hidden=self.hidden, protocol=self.protocol,
+                                   propagation_power=self.propagation_power)
             return model, SegmentationObjective(model, ignore_index=info.ignore_index)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed)

@@ -21,7 +21,9 @@ from typing import Callable, Sequence
 import gin
 import numpy as np
 
+from bench.errors import HarnessError
 from datasets.types import Frame
+from methods.weights import load_weights, resolve_device
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -96,15 +98,22 @@ class SamMaskSource(MaskSource):
     stability 0.92, one crop layer, min region area 100) [prior]. ``min_mask_region_area > 0``
     needs OpenCV, as in segment_anything itself.
 
+    The model is built without weights and the checkpoint loaded by ``methods.weights.load_weights``
+    (``weights_only=True`` on torch >= 2.6, or safetensors; strict keys and shapes), never by
+    segment_anything's own ``torch.load``, which unpickles anything on torch < 2.6.
+
     Args:
-      checkpoint: SAM checkpoint file (state dict), e.g. ``sam_vit_h_4b8939.pth``.
+      checkpoint: SAM checkpoint file (state dict), e.g. ``sam_vit_h_4b8939.pth``, or its conversion to
+        ``.safetensors`` (the only form accepted on torch < 2.6).
       model_type: key of ``segment_anything.sam_model_registry`` (vit_h, vit_l, vit_b, default).
-      model_builder: optional ``builder(checkpoint=path) -> Sam`` replacing the registry lookup
-        (custom or tiny models); ``model_type`` is then only a label.
+      device: ``'auto'`` (CUDA when ``torch.cuda.is_available()``, else CPU), ``'cpu'``, ``'cuda'`` or
+        ``'cuda:N'``; resolved when the source is built, kept in ``device`` and shown in ``description``.
+      model_builder: optional ``builder(checkpoint=None) -> Sam`` (the registry's signature) replacing
+        the registry lookup (custom or tiny models); ``model_type`` is then only a label.
       The remaining arguments are ``SamAutomaticMaskGenerator``'s, passed through unchanged.
     """
 
-    def __init__(self, checkpoint: str, model_type: str = "vit_h", device: str = "cpu",
+    def __init__(self, checkpoint: str, model_type: str = "vit_h", device: str = "auto",
                  points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.86,
                  stability_score_thresh: float = 0.92, stability_score_offset: float = 1.0,
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 1, crop_nms_thresh: float = 0.7,
@@ -112,8 +121,11 @@ class SamMaskSource(MaskSource):
                  min_mask_region_area: int = 100, model_builder: Callable | None = None):
         self.checkpoint = pathlib.Path(checkpoint)
         if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"SAM checkpoint not found: {self.checkpoint}")
-        self.model_type, self.device, self.model_builder = model_type, device, model_builder
+            raise HarnessError(f"SamMaskSource.checkpoint: SAM checkpoint not found: {self.checkpoint} "
+                               "(expected a state dict file such as sam_vit_h_4b8939.pth)")
+        # Resolved now: the preparation cache key and the tables then name the device the masks come from.
+        self.device = resolve_device(device, "SamMaskSource.device")
+        self.model_type, self.model_builder = model_type, model_builder
         self.generator_kwargs = dict(
             points_per_side=points_per_side, points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
@@ -126,7 +138,7 @@ class SamMaskSource(MaskSource):
 
     @property
     def description(self) -> str:
-        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name})"
+        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device})"
 
     def _build_generator(self):
         sam = _import_segment_anything()
@@ -136,10 +148,11 @@ class SamMaskSource(MaskSource):
         builder = self.model_builder
         if builder is None:
             if self.model_type not in sam.sam_model_registry:
-                raise ValueError(f"unknown SAM model_type {self.model_type!r}; valid: "
-                                 f"{', '.join(sorted(sam.sam_model_registry))}")
+                raise HarnessError(f"SamMaskSource.model_type: unknown SAM model_type {self.model_type!r}; "
+                                   f"valid: {', '.join(sorted(sam.sam_model_registry))}")
             builder = sam.sam_model_registry[self.model_type]
-        model = builder(checkpoint=str(self.checkpoint)).to(self.device).eval()
+        model = load_weights(builder(checkpoint=None), self.checkpoint, f"SAM {self.model_type}")
+        model = model.to(self.device).eval()
         return sam.SamAutomaticMaskGenerator(model, **self.generator_kwargs)
 
     def _labels(self, frame: Frame) -> np.ndarray:

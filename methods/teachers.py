@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from datasets.types import Frame
 from methods.masks import frame_rng_seed
+from methods.weights import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,10 +71,14 @@ class Dinov2Teacher(Teacher):
         pytorch_model.bin), as written by ``save_pretrained``; loaded with ``local_files_only``.
       image_size: target short side in pixels (rounded to a patch multiple); None keeps the frame's
         own size, each side rounded to the nearest patch multiple.
+      device: ``'auto'`` (CUDA when ``torch.cuda.is_available()``, else CPU), ``'cpu'``, ``'cuda'`` or
+        ``'cuda:N'``; resolved when the teacher is built, kept in ``device`` and shown in ``description``.
     """
 
-    def __init__(self, model_dir: str, image_size: int | None = None, device: str = "cpu"):
-        self.model_dir, self.image_size, self.device = pathlib.Path(model_dir), image_size, device
+    def __init__(self, model_dir: str, image_size: int | None = None, device: str = "auto"):
+        self.model_dir, self.image_size = pathlib.Path(model_dir), image_size
+        # Resolved now: the preparation cache key and the tables then name the device the features come from.
+        self.device = resolve_device(device, "Dinov2Teacher.device")
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"DINOv2 model directory not found: {self.model_dir}")
         if not any((self.model_dir / name).is_file() for name in _WEIGHT_FILES):
@@ -101,7 +106,8 @@ class Dinov2Teacher(Teacher):
     @property
     def description(self) -> str:
         size = "native size" if self.image_size is None else f"short side {self.image_size}"
-        return f"DINOv2 {self.model_dir.name} ({self.dim}-d, patch {self.patch_size}, {size}, full frame)"
+        return (f"DINOv2 {self.model_dir.name} ({self.dim}-d, patch {self.patch_size}, {size}, full frame, "
+                f"on {self.device})")
 
     def input_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """Size the frame is resized to: sides multiples of the patch size, aspect kept."""

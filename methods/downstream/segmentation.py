@@ -1,7 +1,8 @@
 """Semantic segmentation fine-tuning (DESIGN.md 2.9): encoder -> feature propagation -> point MLP head.
 
 Token features of the (pretrained) encoder are interpolated to every point from the 3 nearest valid
-token centres (PointNet++ feature propagation [prior]), concatenated with the point's own features
+token centres, weighted by inverse squared distance (PointNet++ feature propagation as in Point-MAE's
+and Point-BERT's segmentation heads [prior]; 1/d is a parameter), concatenated with the point's own features
 (centred xyz, rgb in [0,1]) and classified by a per-point MLP; cross-entropy ignores label -1.
 
 Protocols [DESIGN 2.9]: ``"full"`` fine-tunes everything (default); ``"probe"`` freezes the encoder
@@ -26,10 +27,13 @@ _FAR = 1e10  # metres: where padding centres are put for the neighbour search
 
 
 def propagate_features(points: torch.Tensor, centers: torch.Tensor, valid: torch.Tensor,
-                       features: torch.Tensor, k: int = 3, chunk: int | None = 16_384) -> torch.Tensor:
+                       features: torch.Tensor, k: int = 3, chunk: int | None = 16_384,
+                       power: float = 2.0) -> torch.Tensor:
     """(B,N,W) features of every point: inverse-distance mix of its k nearest VALID token centres.
 
-    Weights are 1/(d + 1e-8) normalised to sum 1 (PointNet++ [prior]); padding centres are never
+    Weights are 1/(d**power + 1e-8) normalised to sum 1. ``power=2`` is PointNet++'s feature
+    propagation as Point-MAE and Point-BERT use it (``1 / (square_distance + 1e-8)`` [prior]);
+    ``power=1`` is plain inverse distance (1/(d + 1e-8)). Padding centres are never
     used; with fewer than k valid centres only the valid ones count; a scene with none gets 0.
     Distances are computed without gradient (positions are data); the weights use exact distances
     (so a point on a centre gets that centre's feature), the neighbour search the faster matmul
@@ -39,13 +43,15 @@ def propagate_features(points: torch.Tensor, centers: torch.Tensor, valid: torch
             features.shape[:2] != valid.shape:
         raise ValueError(f"points {tuple(points.shape)}, centers {tuple(centers.shape)}, valid "
                          f"{tuple(valid.shape)} and features {tuple(features.shape)} disagree on (B, G)")
+    if not power > 0:
+        raise ValueError(f"propagation power: expected > 0 (2 = PointNet++'s 1/d^2, 1 = 1/d), got {power}")
     n = points.shape[1]
     step = max(1, n if chunk is None or chunk <= 0 else chunk)
-    parts = [_propagate(points[:, i:i + step], centers, valid, features, k) for i in range(0, n, step)]
+    parts = [_propagate(points[:, i:i + step], centers, valid, features, k, power) for i in range(0, n, step)]
     return torch.cat(parts, dim=1) if parts else features.new_zeros(points.shape[0], 0, features.shape[2])
 
 
-def _propagate(points, centers, valid, features, k):
+def _propagate(points, centers, valid, features, k, power):
     b, n = points.shape[:2]
     width = features.shape[2]
     with torch.no_grad():
@@ -56,9 +62,9 @@ def _propagate(points, centers, valid, features, k):
         far = torch.where(valid.unsqueeze(-1), ctr, torch.full_like(ctr, _FAR))
         _, idx = torch.cdist(pts, far).topk(min(k, centers.shape[1]), dim=2, largest=False)
         picked = ctr.gather(1, idx.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, n, -1, 3)
-        exact = (pts.unsqueeze(2) - picked).norm(dim=-1)
+        squared = (pts.unsqueeze(2) - picked).square().sum(dim=-1)
         usable = valid.gather(1, idx.reshape(b, -1)).reshape(idx.shape)
-        weight = torch.where(usable, 1.0 / (exact + 1e-8), 0.0)
+        weight = torch.where(usable, 1.0 / (squared ** (power / 2) + 1e-8), 0.0)
         weight = weight / weight.sum(dim=2, keepdim=True).clamp_min(1e-30)
     gathered = features.gather(1, idx.reshape(b, -1, 1).expand(-1, -1, width)).reshape(b, n, -1, width)
     return (weight.unsqueeze(-1).to(gathered.dtype) * gathered).sum(dim=2)
@@ -71,10 +77,12 @@ class PointSegmenter(nn.Module):
     logits (B,N,num_classes). Head: Linear -> BatchNorm (over all points of the batch) -> ReLU ->
     Dropout -> Linear [choice, PointNet++ / Point-MAE segmentation heads [prior]].
     ``point_channels`` 6 = xyz + rgb concatenated to the propagated features, 3 = xyz only.
+    ``k`` and ``propagation_power`` set ``propagate_features`` (3 neighbours weighted 1/d^2 [prior]).
     """
 
     def __init__(self, encoder: TransformerEncoder, num_classes: int, point_channels: int = 6,
-                 hidden: int = 256, dropout: float = 0.5, k: int = 3, protocol: str = "full"):
+                 hidden: int = 256, dropout: float = 0.5, k: int = 3, protocol: str = "full",
+                 propagation_power: float = 2.0):
         super().__init__()
         if encoder.in_channels != 3:
             raise ValueError(f"encoder.in_channels: tokens carry xyz only, expected 3, got {encoder.in_channels}")
@@ -82,10 +90,13 @@ class PointSegmenter(nn.Module):
             raise ValueError(f"point_channels: expected 3 (xyz) or 6 (xyz + rgb), got {point_channels}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+        if not propagation_power > 0:
+            raise ValueError(f"propagation_power: expected > 0 (2 = 1/d^2, 1 = 1/d), got {propagation_power}")
         self.encoder = encoder
         self.num_classes = int(num_classes)
         self.point_channels = point_channels
         self.k = int(k)
+        self.propagation_power = float(propagation_power)
         self.encoder_frozen = False
         self.fc1 = nn.Linear(encoder.width + point_channels, hidden)
         self.norm = nn.BatchNorm1d(hidden)
@@ -111,7 +122,8 @@ class PointSegmenter(nn.Module):
     def classify(self, token_features: torch.Tensor, centers: torch.Tensor, valid: torch.Tensor,
                  points: torch.Tensor, colors: torch.Tensor, chunk: int | None = 16_384) -> torch.Tensor:
         """Logits (B,N,C) of ``points`` (+ ``colors``) from already-encoded tokens."""
-        propagated = propagate_features(points, centers, valid, token_features, self.k, chunk)
+        propagated = propagate_features(points, centers, valid, token_features, self.k, chunk,
+                                        self.propagation_power)
         own = points if self.point_channels == 3 else torch.cat([points, colors], dim=-1)
         x = torch.cat([propagated, own.to(propagated.dtype)], dim=-1)
         b, n = x.shape[:2]

@@ -75,3 +75,26 @@ def test_runs_from_another_working_directory(tmp_path):
     assert "synthetic/det/AP25" in result.stdout or "det/AP25" in result.stdout
     assert (tmp_path / "out" / "mlflow.db").is_file()
     assert len(list((tmp_path / "out" / "synthetic_smoke").iterdir())) == 1
+
+
+def test_gin_imports_are_refused_unless_allowed(tmp_path):
+    """A gin file that would run `touch` is refused with its file and line; the command never runs."""
+    from tests.bench.test_config import EXPLOIT
+
+    marker = tmp_path / "ran.marker"
+    (tmp_path / "exploit.gin").write_text(EXPLOIT.format(marker=marker))
+    (tmp_path / "outer.gin").write_text(f"include 'smoke.gin'\ninclude '{tmp_path / 'exploit.gin'}'\n")
+    line = _one_line_error(_run(f"--gin={tmp_path / 'outer.gin'}", f"--results_dir={tmp_path / 'out'}"))
+    assert "exploit.gin:1" in line and "dynamic_registration' refused" in line and "--allow_gin_imports" in line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_allow_gin_imports_lets_a_trusted_file_import(tmp_path):
+    marker = tmp_path / "imported.marker"
+    (tmp_path / "trusted_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "trusted.gin").write_text("include 'base/experiment.gin'\nimport trusted_module\n")
+    # base/experiment.gin leaves a REQUIRED value unset: the run stops after the import, before any work.
+    line = _one_line_error(_run(f"--gin={tmp_path / 'trusted.gin'}", "--allow_gin_imports",
+                                f"--results_dir={tmp_path / 'out'}", env_extra={"PYTHONPATH": os.pathsep.join(
+                                    filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}))
+    assert "Required bindings" in line and marker.exists()

@@ -112,3 +112,79 @@ def test_unparsable_binding():
 def test_config_bindings_reads_single_and_multi_line_values():
     text = "# c\nA.x = 1\nB.y = {'a': 1,\n    'b': 2}\nscope/C.z = @D()\nMACRO = 3\n"
     assert config_bindings(text) == {"A.x": "1", "B.y": "{'a': 1, 'b': 2}", "scope/C.z": "@D()", "MACRO": "3"}
+
+
+# ------------------------------------------------------------------------------------ gin imports
+
+# A gin file that, when imports are allowed, runs a shell command as the experiment is built (issue 12).
+EXPLOIT = """from __gin__ import dynamic_registration
+import subprocess
+import bench.runner
+bench.runner.Experiment.name = @subprocess.getoutput()
+subprocess.getoutput.cmd = 'touch {marker}'
+"""
+
+
+@pytest.fixture
+def marker_module(tmp_path, monkeypatch):
+    """A module on sys.path whose import writes a marker file: proof that a gin import ran code."""
+    import sys
+
+    marker = tmp_path / "imported.marker"
+    (tmp_path / "sam3d_marker_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield marker
+    sys.modules.pop("sam3d_marker_module", None)
+
+
+def test_import_in_a_file_is_refused_before_it_runs(tmp_path, marker_module):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("include 'demo.gin'\n\nimport sam3d_marker_module\n")
+    message = _error([str(bad)])
+    assert "bad.gin:3" in message and "'import sam3d_marker_module' refused" in message
+    assert "--allow_gin_imports" in message and "bench, methods, datasets" in message
+    assert not marker_module.exists()
+
+
+def test_dynamic_registration_is_refused_and_the_command_never_runs(tmp_path):
+    marker = tmp_path / "ran.marker"
+    bad = tmp_path / "exploit.gin"
+    bad.write_text(EXPLOIT.format(marker=marker))
+    message = _error(["demo.gin", str(bad)])
+    assert "exploit.gin:1" in message and "dynamic_registration' refused" in message
+    assert "--allow_gin_imports" in message
+    assert not marker.exists()
+
+
+def test_import_reached_through_an_include_names_the_included_file(tmp_path, marker_module):
+    (tmp_path / "inner.gin").write_text("# a comment\nimport sam3d_marker_module\n")
+    outer = tmp_path / "outer.gin"
+    outer.write_text(f"include 'demo.gin'\ninclude '{tmp_path / 'inner.gin'}'\n")
+    message = _error([str(outer)])
+    assert "inner.gin:2" in message and "'import sam3d_marker_module' refused" in message
+    assert not marker_module.exists()
+
+
+def test_import_in_a_binding_is_refused(marker_module):
+    message = _error(["demo.gin"], ["import sam3d_marker_module"])
+    assert "--gin_binding 'import sam3d_marker_module'" in message and "refused" in message
+    assert not marker_module.exists()
+
+
+def test_project_packages_may_be_imported_without_the_flag():
+    parse_config(["demo.gin"], ["import methods.masks\nfrom bench import metrics"])
+
+
+def test_allow_imports_runs_them(tmp_path, marker_module):
+    good = tmp_path / "trusted.gin"
+    good.write_text("include 'demo.gin'\nimport sam3d_marker_module\n")
+    parse_config([str(good)], allow_imports=True)
+    assert marker_module.exists()
+
+
+def test_the_import_check_is_removed_after_parsing(tmp_path, marker_module):
+    _error(["demo.gin"], ["import sam3d_marker_module"])
+    import gin
+
+    gin.parse_config("import sam3d_marker_module")  # gin used directly is unchanged
+    assert marker_module.exists()

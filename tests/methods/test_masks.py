@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.errors import HarnessError
 from datasets.types import Frame
 from methods.masks import (ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource,
                            check_label_map, paint_masks, save_mask_map)
 from tests.methods.sam_shim import torchvision_available, torchvision_shim
+from tests.methods.test_weights import WritesAMarker
 
 HW = (64, 96)
 
@@ -98,8 +100,8 @@ def build_tiny_sam(checkpoint: str | None = None):
         mask_decoder=MaskDecoder(transformer_dim=16, num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=16,
                                  transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2)),
     )
-    if checkpoint is not None:
-        sam.load_state_dict(torch.load(checkpoint))
+    if checkpoint is not None:  # SamMaskSource passes None and loads the weights itself
+        sam.load_state_dict(torch.load(checkpoint, weights_only=True))
     return sam.eval()
 
 
@@ -112,10 +114,10 @@ def tiny_sam_checkpoint(tmp_path):
 
 
 def test_sam_source_runs_the_real_generator(tiny_sam_checkpoint):
-    source = SamMaskSource(str(tiny_sam_checkpoint), model_type="tiny", model_builder=build_tiny_sam,
+    source = SamMaskSource(str(tiny_sam_checkpoint), model_type="tiny", model_builder=build_tiny_sam, device="cpu",
                            points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            crop_n_layers=1, box_nms_thresh=1.0, crop_nms_thresh=1.0, min_mask_region_area=0)
-    assert source.description == "SAM tiny (checkpoint sam_tiny.pth)"
+    assert source.description == "SAM tiny (checkpoint sam_tiny.pth, on cpu)"
     frame = make_frame()
     with torchvision_shim():
         label_map = source(frame)
@@ -128,9 +130,68 @@ def test_sam_source_runs_the_real_generator(tiny_sam_checkpoint):
     assert len(np.unique(label_map[smallest])) == 1  # the smallest mask is never overwritten
 
 
+@pytest.mark.parametrize("cuda, expected", [(True, "cuda"), (False, "cpu")])
+def test_sam_device_defaults_to_the_accelerator(tiny_sam_checkpoint, monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    source = SamMaskSource(str(tiny_sam_checkpoint))
+    assert source.device == expected and source.description.endswith(f"on {expected})")
+    assert SamMaskSource(str(tiny_sam_checkpoint), device="cpu").device == "cpu"
+
+
+def test_sam_cuda_without_a_gpu_is_a_one_line_error(tiny_sam_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HarnessError, match="SamMaskSource.device = 'cuda' but"):
+        SamMaskSource(str(tiny_sam_checkpoint), device="cuda")
+
+
 def test_sam_missing_checkpoint_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="sam_vit_h.pth"):
+    with pytest.raises(HarnessError, match="SamMaskSource.checkpoint: .*sam_vit_h.pth"):
         SamMaskSource(str(tmp_path / "sam_vit_h.pth"))
+
+
+def test_sam_registry_model_is_built_without_checkpoint_and_loaded_safely(tmp_path, monkeypatch):
+    """The registry builder gets checkpoint=None; the harness loads the file with weights_only=True."""
+    calls = []
+
+    def registry_builder(checkpoint=None):
+        calls.append(checkpoint)
+        return build_tiny_sam(checkpoint)
+
+    with torchvision_shim():
+        import segment_anything
+
+        trained = build_tiny_sam()
+        with torch.no_grad():
+            for param in trained.parameters():
+                param.add_(0.5)  # differs from the builder's initialisation, so loading is visible
+        torch.save(trained.state_dict(), tmp_path / "sam_vit_b.pth")
+        monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b", registry_builder)
+        source = SamMaskSource(str(tmp_path / "sam_vit_b.pth"), model_type="vit_b", points_per_side=2,
+                               crop_n_layers=0, min_mask_region_area=0, device="cpu")
+        source(make_frame())
+    assert calls == [None]
+    loaded = source._generator.predictor.model.state_dict()
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(loaded[key], value)
+
+
+def test_sam_checkpoint_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "ran.marker"
+    torch.save({"image_encoder.neck.0.weight": WritesAMarker(marker)}, tmp_path / "sam_evil.pth")
+    source = SamMaskSource(str(tmp_path / "sam_evil.pth"), model_type="tiny", model_builder=build_tiny_sam,
+                           min_mask_region_area=0)
+    with torchvision_shim(), pytest.raises(HarnessError, match=r"sam_evil.pth: torch.load\(weights_only=True\) "
+                                                               "refused it .*state dict of SAM tiny") as err:
+        source(make_frame())
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_sam_checkpoint_of_another_model_names_the_keys(tmp_path):
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 32)}, tmp_path / "sam_other.pth")
+    source = SamMaskSource(str(tmp_path / "sam_other.pth"), model_type="tiny", model_builder=build_tiny_sam,
+                           min_mask_region_area=0)
+    with torchvision_shim(), pytest.raises(HarnessError, match="sam_other.pth does not fit SAM tiny: missing"):
+        source(make_frame())
 
 
 def test_sam_without_torchvision_says_what_to_install(tiny_sam_checkpoint, monkeypatch):
@@ -150,7 +211,7 @@ def test_sam_without_torchvision_says_what_to_install(tiny_sam_checkpoint, monke
 
 def test_sam_unknown_model_type_lists_valid_ones(tiny_sam_checkpoint):
     source = SamMaskSource(str(tiny_sam_checkpoint), model_type="vit_xl", min_mask_region_area=0)
-    with torchvision_shim(), pytest.raises(ValueError, match="vit_xl.*vit_b, vit_h, vit_l"):
+    with torchvision_shim(), pytest.raises(HarnessError, match="vit_xl.*vit_b, vit_h, vit_l"):
         source(make_frame())
 
 

@@ -1,6 +1,7 @@
 """Segmentation fine-tuning (methods/downstream): scene batches, propagation, head, objective, loading."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -53,16 +54,35 @@ def _hand_scene(n: int = 50, boxes: int = 2) -> Scene:
 
 # --- feature propagation -------------------------------------------------------------------------
 
-def test_propagation_hand_case():
+# The point (0.5, 0, 0) has its 3 valid centres at distances 0.5, 0.5 and sqrt(0.25 + 4) = sqrt(4.25).
+HAND_WEIGHTS = {
+    2.0: [1 / 0.25, 1 / 0.25, 1 / 4.25],  # 1/d^2: PointNet++ / Point-MAE [prior], the default
+    1.0: [1 / 0.5, 1 / 0.5, 1 / math.sqrt(4.25)],  # 1/d
+}
+
+
+@pytest.mark.parametrize("power", sorted(HAND_WEIGHTS))
+def test_propagation_hand_case(power):
     centers = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0.5, 0, 0]]])
     valid = torch.tensor([[True, True, True, False]])  # the padding centre sits on the second point
     features = torch.tensor([[[1.0, 0], [0, 1], [2, 2], [1e6, 1e6]]])
     points = torch.tensor([[[0.0, 0, 0], [0.5, 0, 0]]])
-    out = propagate_features(points, centers, valid, features, k=3)
+    out = propagate_features(points, centers, valid, features, k=3, power=power)
     torch.testing.assert_close(out[0, 0], features[0, 0])  # a point on a centre gets its feature
-    w = torch.tensor([1 / 0.5, 1 / 0.5, 1 / math.sqrt(0.25 + 4)])
-    w = w / w.sum()
+    w = torch.tensor(HAND_WEIGHTS[power])
+    w = w / w.sum()  # 2.0: [0.4857, 0.4857, 0.0286]; 1.0: [0.4459, 0.4459, 0.1082]
     torch.testing.assert_close(out[0, 1], w[0] * features[0, 0] + w[1] * features[0, 1] + w[2] * features[0, 2])
+
+
+def test_propagation_defaults_to_inverse_squared_distance_and_checks_the_power():
+    gen = torch.Generator().manual_seed(2)
+    points, centers = torch.randn(1, 30, 3, generator=gen), torch.randn(1, 5, 3, generator=gen)
+    valid, features = torch.ones(1, 5, dtype=torch.bool), torch.randn(1, 5, 4, generator=gen)
+    default = propagate_features(points, centers, valid, features)
+    torch.testing.assert_close(default, propagate_features(points, centers, valid, features, power=2.0))
+    assert not torch.allclose(default, propagate_features(points, centers, valid, features, power=1.0))
+    with pytest.raises(ValueError, match="power: expected > 0"):
+        propagate_features(points, centers, valid, features, power=0.0)
 
 
 def test_propagation_weights_sum_to_one_and_padding_is_never_used():
@@ -164,6 +184,38 @@ def test_point_segmenter_output_shape_and_checks(scene):
     assert PointSegmenter(_encoder(), 4, point_channels=3).eval()(batch).shape == (2, 200, 4)
     with pytest.raises(ValueError, match="protocol"):
         PointSegmenter(_encoder(), 4, protocol="linear")
+    with pytest.raises(ValueError, match="propagation_power: expected > 0"):
+        PointSegmenter(_encoder(), 4, propagation_power=-1)
+
+
+def test_point_segmenter_passes_its_propagation_power(scene, monkeypatch):
+    import methods.downstream.segmentation as segmentation
+
+    powers = []
+    original = segmentation.propagate_features
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        bound.apply_defaults()
+        powers.append(bound.arguments["power"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "propagate_features", spy)
+    batch = _batch(scene, num_points=50)
+    PointSegmenter(_encoder(), NUM_CLASSES).eval()(batch)
+    PointSegmenter(_encoder(), NUM_CLASSES, propagation_power=1.0).eval()(batch)
+    assert powers == [2.0, 1.0]
+
+
+def test_segmentation_finetune_exposes_the_power_to_gin():
+    import gin
+
+    from bench.config import parse_config
+    from methods.finetune import SegmentationFinetune
+
+    parse_config(["demo.gin"], ["SegmentationFinetune.propagation_power = 1"])
+    assert gin.get_configurable(SegmentationFinetune)(tokenizer=None).propagation_power == 1.0
+    assert SegmentationFinetune(tokenizer=None).propagation_power == 2.0  # the default, without gin
 
 
 def test_objective_loss_decreases(scene):

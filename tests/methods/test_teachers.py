@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from bench.errors import HarnessError
 from methods.regions import region_features
 from methods.teachers import Dinov2Teacher, SimulatedTeacher
 from tests.methods.test_masks import make_frame
@@ -26,13 +27,23 @@ def dinov2_dir(tmp_path_factory):
 
 
 def test_dinov2_full_frame_patch_grid(dinov2_dir):
-    teacher = Dinov2Teacher(str(dinov2_dir))
+    teacher = Dinov2Teacher(str(dinov2_dir), device="cpu")
     frame = make_frame(hw=(64, 96))
     assert teacher.dim == 32 and teacher.input_hw((64, 96)) == (70, 98)
     feats = teacher(frame)
     assert feats.shape == (32, 5, 7) and feats.dtype == torch.float32
-    torch.testing.assert_close(feats, Dinov2Teacher(str(dinov2_dir))(frame))  # deterministic, fresh load
+    fresh = Dinov2Teacher(str(dinov2_dir), device="cpu")
+    torch.testing.assert_close(feats, fresh(frame))  # deterministic, fresh load
     assert "DINOv2" in teacher.description
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, "cuda"), (False, "cpu")])
+def test_dinov2_device_defaults_to_the_accelerator(dinov2_dir, monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    teacher = Dinov2Teacher(str(dinov2_dir))
+    assert teacher.device == expected and teacher.description.endswith(f"full frame, on {expected})")
+    with pytest.raises(HarnessError, match="Dinov2Teacher.device = 'cuda:x' is not a torch device"):
+        Dinov2Teacher(str(dinov2_dir), device="cuda:x")
 
 
 def test_dinov2_image_size_sets_the_short_side(dinov2_dir):
@@ -45,7 +56,7 @@ def test_dinov2_image_size_sets_the_short_side(dinov2_dir):
 def test_dinov2_matches_the_model_on_the_normalised_image(dinov2_dir):
     (dinov2_dir / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
     try:
-        teacher = Dinov2Teacher(str(dinov2_dir))
+        teacher = Dinov2Teacher(str(dinov2_dir), device="cpu")  # compared with the model on CPU
         frame = make_frame(hw=(42, 70))  # already patch multiples: no resize
         image = (torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
         model = transformers.Dinov2Model.from_pretrained(str(dinov2_dir)).eval()
