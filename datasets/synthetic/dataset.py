@@ -16,6 +16,9 @@ from datasets.synthetic.render import render_frame
 from datasets.types import DatasetInfo, Frame, Scene
 
 _SPLIT_CODES = {"train": 0, "val": 1}
+# Part of the cache fingerprint (public state): bump it when the same settings generate other scenes.
+# 2: furniture materials from the shared palette (materials.py) instead of one colour per class.
+GENERATOR_VERSION = 2
 
 
 def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
@@ -53,10 +56,11 @@ def fuse_frames(frames: list[Frame], voxel_size: float) -> tuple[np.ndarray, np.
 class SyntheticIndoor:
     """A simulated indoor RGB-D benchmark (procedural rooms, ray-cast frames), not real data.
 
-    Each (seed, split, index) has its own random stream, so any scene can be generated alone and
-    scenes do not depend on each other. Segmentation classes are ``wall``, ``floor`` and the
-    furniture classes; detection classes are the furniture classes (long-tailed frequencies, see
-    ``datasets/synthetic/furniture.py``). Instance ids: 1 floor, 2-5 walls, 6+ furniture.
+    Each (seed, split, index) has its own random streams, so any scene can be generated alone and
+    scenes do not depend on each other or on the split sizes. Segmentation classes are ``wall``,
+    ``floor`` and the furniture classes; detection classes are the furniture classes (long-tailed
+    frequencies, see ``datasets/synthetic/furniture.py``); furniture colours come from a palette
+    shared by all classes (``materials.py``). Instance ids: 1 floor, 2-5 walls, 6+ furniture.
 
     Args:
         seed: master seed of the simulation.
@@ -78,6 +82,7 @@ class SyntheticIndoor:
         if min(num_train, num_val) < 0 or frames_per_scene < 1 or voxel_size <= 0:
             raise ValueError("SyntheticIndoor: need num_train, num_val >= 0, frames_per_scene >= 1, voxel_size > 0")
         self.seed = int(seed)
+        self.generator_version = GENERATOR_VERSION
         self._counts = {"train": int(num_train), "val": int(num_val)}
         self.frames_per_scene = int(frames_per_scene)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
@@ -102,13 +107,15 @@ class SyntheticIndoor:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
         return split
 
-    def _streams(self, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-        """Independent layout and render generators of one scene."""
+    def _streams(self, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+        """Independent layout, render and material generators of one scene."""
         n = self.num_scenes(split)
         if not 0 <= index < n:
             raise IndexError(f"scene index {index} out of range for split {split!r} with {n} scenes")
-        layout_seq, render_seq = np.random.SeedSequence([self.seed, _SPLIT_CODES[split], index]).spawn(2)
-        return np.random.default_rng(layout_seq), np.random.default_rng(render_seq)
+        # Children of a SeedSequence are numbered, so the first two (layout, render) are the same
+        # whether two or three are spawned: the material stream came last and changed no other draw.
+        seqs = np.random.SeedSequence([self.seed, _SPLIT_CODES[split], index]).spawn(3)
+        return tuple(np.random.default_rng(s) for s in seqs)
 
     def scene_id(self, split: str, index: int) -> str:
         """Identifier of a scene, e.g. ``synthetic-s0-train-0003``."""
@@ -116,12 +123,13 @@ class SyntheticIndoor:
 
     def layout(self, split: str, index: int) -> Layout:
         """The room, furniture and camera poses of a scene, without rendering (cheap)."""
-        return sample_layout(self._streams(split, index)[0], self.frames_per_scene)
+        layout_rng, _, material_rng = self._streams(split, index)
+        return sample_layout(layout_rng, self.frames_per_scene, material_rng)
 
     def scene(self, split: str, index: int) -> Scene:
         """Render and fuse one simulated scene (deterministic in seed, split and index)."""
-        layout_rng, render_rng = self._streams(split, index)
-        layout = sample_layout(layout_rng, self.frames_per_scene)
+        layout_rng, render_rng, material_rng = self._streams(split, index)
+        layout = sample_layout(layout_rng, self.frames_per_scene, material_rng)
         sid = self.scene_id(split, index)
         frames = [render_frame(layout.primitives, self.intrinsics, pose, self.image_hw, render_rng, f"{sid}-f{i:02d}")
                   for i, pose in enumerate(layout.poses)]
