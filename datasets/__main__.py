@@ -1,13 +1,14 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
-    python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
+    python -m datasets show --out DIR [--seed 0] [--split {train,val,pretrain}] [--index 0] [--hw 120 160] [--frames 4]
     python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export,votenet,mmdet3d}] [--limit N] [--json]
         [--sens-root DIR [--sens-every 25] [--alignment-root DIR]]   # scannet: check the .sens frames too
     python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
                               [--frames 4] [--hw 120 160] [--frame-every 1]
 
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
-and a top view of the fused scene to DIR, printing their paths.
+and a top view of the fused scene to DIR, printing their paths (``pretrain`` scenes are frames only:
+no top view).
 
 ``verify`` checks a dataset root (``datasets/verify.py``): it prints every scene found (points, boxes,
 classes present), the counts per split and every problem, as text or as one JSON object (``--json``),
@@ -39,14 +40,16 @@ def _show(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Scenes do not depend on the split sizes, so any size that includes the index gives the same scene.
     n = args.index + 1
-    ds = SyntheticIndoor(seed=args.seed, num_train=n, num_val=n, frames_per_scene=args.frames, image_hw=tuple(args.hw))
+    ds = SyntheticIndoor(seed=args.seed, num_train=n, num_val=n, num_pretrain=n, frames_per_scene=args.frames,
+                         image_hw=tuple(args.hw))
     scene = ds.scene(args.split, args.index)
     paths = []
     for frame in scene.frames:
         paths.append(out / f"{frame.frame_id}.png")
         save_frame_figure(frame, paths[-1])
-    paths.append(out / f"{scene.scene_id}-topview.png")
-    save_scene_topview(scene, ds.info, paths[-1])
+    if args.split not in ds.unlabelled_splits:
+        paths.append(out / f"{scene.scene_id}-topview.png")
+        save_scene_topview(scene, ds.info, paths[-1])
     for path in paths:
         print(path)
     return 0
@@ -94,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="render one simulated scene: frame pictures and a top view (PNG)")
     show.add_argument("--out", required=True, help="output folder (created if missing)")
     show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--split", default="train")
+    show.add_argument("--split", default="train", help="train, val or pretrain (unlabelled, frames only)")
     show.add_argument("--index", type=int, default=0, help="scene index within the split (>= 0)")
     show.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     show.add_argument("--frames", type=int, default=4, help="frames per scene")
