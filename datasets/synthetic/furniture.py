@@ -107,7 +107,8 @@ def build_bookshelf(dx: float, dy: float, dz: float) -> list[Part]:
         # A block of books on each shelf; its width and tone vary by shelf so the front is not flat.
         width = (0.45 + 0.4 * ((i * 0.37) % 1.0)) * (dx - 2 * t)
         x0 = -dx / 2 + t + 0.5 * (i % 2) * (dx - 2 * t - width)
-        parts.append(box(x0, x0 + width, -dy / 2 + 0.05, dy / 2 - 0.02, z + t, z + t + 0.22, 0.55 + 0.25 * (i % 3), ACCENT))
+        parts.append(box(x0, x0 + width, -dy / 2 + 0.05, dy / 2 - 0.02, z + t, z + t + 0.22, 0.55 + 0.25 * (i % 3),
+                         ACCENT))
     return parts
 
 

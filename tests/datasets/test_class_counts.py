@@ -42,7 +42,7 @@ def test_counts_by_size_rejects_sizes_outside_the_split():
 def test_cli_counts_prints_one_row_per_class(capsys):
     assert main(["counts", "--sizes", "1", "3", "--frames", "1", "--hw", "24", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    ds = SyntheticIndoor()
-    assert lines[1].split() == ["n", "1", "3"] and [row.split()[0] for row in lines[2:]] == [*ds.info.det_classes, "all"]
+    assert lines[1].split() == ["n", "1", "3"]
+    assert [row.split()[0] for row in lines[2:]] == [*SyntheticIndoor().info.det_classes, "all"]
     assert main(["counts", "--split", "pretrain"]) == 2
     assert "unlabelled" in capsys.readouterr().err
