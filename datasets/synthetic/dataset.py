@@ -77,8 +77,9 @@ class SyntheticIndoor:
     streams) for pretraining and is unlabelled: its scenes carry frames only (no fused point cloud,
     no boxes). Its frames keep the rendered instance and semantic maps because the simulated SAM
     (``RenderedMaskSource``) and the simulated teacher (``SimulatedTeacher``) read them, standing in
-    for models that compute masks and features from the image; no training loss and no metric
-    reads the labels of the pretrain split.
+    for SAM and DINOv2, which compute masks and features from the image. The labels reach
+    pretraining only through those simulations; no loss reads them as targets and no metric
+    reads them at all.
 
     Args:
         seed: master seed of the simulation.
