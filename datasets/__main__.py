@@ -1,13 +1,15 @@
 """``python -m datasets SUBCOMMAND``: tools for looking at the datasets.
 
-    python -m datasets show --out DIR [--seed 0] [--split train] [--index 0] [--hw 120 160] [--frames 4]
+    python -m datasets show --out DIR [--seed 0] [--split {train,val,pretrain}] [--index 0] [--hw 120 160] [--frames 4]
     python -m datasets verify --kind {synthetic,s3dis,scannet,sunrgbd} [--root DIR] [--layout {auto,bin,raw,export,votenet,mmdet3d}] [--limit N>=1] [--json]
         [--sens-root DIR [--sens-every 25] [--alignment-root DIR]]   # scannet: check the .sens frames too
     python -m datasets export --layout {scannet-raw,sunrgbd-votenet} --out DIR [--seed 0] [--num-train 24] [--num-val 8]
                               [--frames 4] [--hw 120 160] [--frame-every 1]
+    python -m datasets counts [--seed 0] [--split val] [--sizes 8 16 24 32] [--frames 4] [--hw 120 160]
 
 ``show`` generates one scene of the simulated indoor benchmark and writes a picture of each frame
-and a top view of the fused scene to DIR, printing their paths.
+and a top view of the fused scene to DIR, printing their paths (``pretrain`` scenes are frames only:
+no top view).
 
 ``verify`` checks a dataset root (``datasets/verify.py``): it prints the layout and folder it found
 (ScanNet: a layout's folder or the VoteNet / mmdetection3d dataset root holding it), every scene found
@@ -19,6 +21,10 @@ on-disk layout (``datasets/synthetic/export.py``): ``scannet-raw`` = ScanNet's `
 split lists and ``.sens`` exports (``sens/<scene>/``); ``sunrgbd-votenet`` = a ``sunrgbd_trainval/`` folder
 with one sample per frame. DIR must be new or empty; the export is written to ``DIR.partial`` and renamed
 when complete. It prints DIR and the ``verify`` command that checks it.
+
+``counts`` prints a table of ground-truth boxes per detection class in the first n scenes of a split of
+the simulated benchmark, for each n in ``--sizes``: how large a val split must be for the rare classes to
+occur several times (``datasets/class_counts.py``).
 
 Errors are one line on stderr and exit status 2.
 """
@@ -40,14 +46,16 @@ def _show(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Scenes do not depend on the split sizes, so any size that includes the index gives the same scene.
     n = args.index + 1
-    ds = SyntheticIndoor(seed=args.seed, num_train=n, num_val=n, frames_per_scene=args.frames, image_hw=tuple(args.hw))
+    ds = SyntheticIndoor(seed=args.seed, num_train=n, num_val=n, num_pretrain=n, frames_per_scene=args.frames,
+                         image_hw=tuple(args.hw))
     scene = ds.scene(args.split, args.index)
     paths = []
     for frame in scene.frames:
         paths.append(out / f"{frame.frame_id}.png")
         save_frame_figure(frame, paths[-1])
-    paths.append(out / f"{scene.scene_id}-topview.png")
-    save_scene_topview(scene, ds.info, paths[-1])
+    if args.split not in ds.unlabelled_splits:
+        paths.append(out / f"{scene.scene_id}-topview.png")
+        save_scene_topview(scene, ds.info, paths[-1])
     for path in paths:
         print(path)
     return 0
@@ -89,13 +97,30 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(args: argparse.Namespace) -> int:
+    from datasets.class_counts import box_counts_by_size
+    from datasets.synthetic import SyntheticIndoor
+
+    n = max(args.sizes)
+    ds = SyntheticIndoor(seed=args.seed, num_train=n, num_val=n, frames_per_scene=args.frames, image_hw=tuple(args.hw))
+    if args.split in ds.unlabelled_splits:
+        raise ValueError(f"split {args.split!r} is unlabelled (frames only): it has no boxes to count")
+    counts = box_counts_by_size(ds, args.split, args.sizes)
+    print(f"boxes per class in the first n {args.split} scenes (seed {args.seed}, simulation)")
+    print(f"{'n':<13}" + "".join(f"{size:>6}" for size in args.sizes))
+    for name in ds.info.det_classes:
+        print(f"{name:<13}" + "".join(f"{counts[size][name]:>6}" for size in args.sizes))
+    print(f"{'all':<13}" + "".join(f"{sum(counts[size].values()):>6}" for size in args.sizes))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m datasets", description="Look at the benchmark datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="render one simulated scene: frame pictures and a top view (PNG)")
     show.add_argument("--out", required=True, help="output folder (created if missing)")
     show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--split", default="train")
+    show.add_argument("--split", default="train", help="train, val or pretrain (unlabelled, frames only)")
     show.add_argument("--index", type=int, default=0, help="scene index within the split (>= 0)")
     show.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     show.add_argument("--frames", type=int, default=4, help="frames per scene")
@@ -126,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
     export.add_argument("--frame-every", type=int, default=1, help="export frames 0, k, 2k, ... of each scene")
     export.set_defaults(run=_export)
+
+    counts = sub.add_parser("counts", help="boxes per class of the simulated benchmark for several split sizes")
+    counts.add_argument("--seed", type=int, default=0)
+    counts.add_argument("--split", default="val", help="train or val")
+    counts.add_argument("--sizes", type=int, nargs="+", default=(8, 16, 24, 32), help="split sizes (scenes)")
+    counts.add_argument("--frames", type=int, default=4, help="frames per scene")
+    counts.add_argument("--hw", type=int, nargs=2, default=(120, 160), metavar=("H", "W"), help="image size")
+    counts.set_defaults(run=_counts)
     return parser
 
 

@@ -97,8 +97,12 @@ def scene_entry(split: str, scene_id: str, scene: Scene | None, info: DatasetInf
     return entry
 
 
-def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: DatasetInfo) -> dict:
-    """Load one scene with ``load()`` and check it; any exception becomes a problem of the row."""
+def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: DatasetInfo,
+                frames_only: bool = False) -> dict:
+    """Load one scene with ``load()`` and check it; any exception becomes a problem of the row.
+
+    ``frames_only``: the scene of an unlabelled split is its frames (no point cloud, no boxes), so
+    only its frames are checked, and it must have some."""
     try:
         scene = load()
     except Exception as exc:  # noqa: BLE001 - a verifier reports every failure and goes on
@@ -106,7 +110,10 @@ def check_scene(split: str, scene_id: str, load: Callable[[], Scene], info: Data
         entry["problems"].append(one_line(exc))
         return entry
     entry = scene_entry(split, scene_id, scene, info)
-    entry["problems"] += scene_problems(scene, info) + frame_problems(scene)
+    if frames_only:
+        entry["problems"] += frame_problems(scene) if scene.frames else ["no frames in a frames-only scene"]
+    else:
+        entry["problems"] += scene_problems(scene, info) + frame_problems(scene)
     return entry
 
 
@@ -130,12 +137,15 @@ def frame_problems(scene: Scene) -> list[str]:
 
 
 def verify_dataset(report: dict, dataset, limit: int | None = None) -> dict:
-    """Check the first ``limit`` scenes (all when None) of every split of a protocol dataset."""
+    """Check the first ``limit`` scenes (all when None) of every split of a protocol dataset; the
+    scenes of its ``unlabelled_splits`` (if it has any) are checked as frames only."""
+    unlabelled = getattr(dataset, "unlabelled_splits", ())
     for split in dataset.splits:
         count = dataset.num_scenes(split)
         for index in range(count if limit is None else min(count, limit)):
             sid = dataset.scene_id(split, index)
-            report["scenes"].append(check_scene(split, sid, lambda: dataset.scene(split, index), dataset.info))
+            report["scenes"].append(check_scene(split, sid, lambda: dataset.scene(split, index), dataset.info,
+                                                frames_only=split in unlabelled))
     return finish_report(report)
 
 
@@ -191,10 +201,11 @@ def npy_problems(path: pathlib.Path, dtype: np.dtype | None = None, ndim: int | 
 # ---- verifiers ----
 
 def verify_synthetic(root: pathlib.Path | None = None, *, layout: str = "auto", limit: int | None = None) -> dict:
-    """Generate and check the simulated benchmark at its default settings (it has no files; root unused)."""
+    """Generate and check the simulated benchmark at its default settings, plus 8 scenes of its unlabelled
+    pretrain split (empty by default), checked as frames only. It has no files; root is unused."""
     from datasets.synthetic import SyntheticIndoor
 
-    return verify_dataset(new_report("synthetic", None, "generated"), SyntheticIndoor(), limit)
+    return verify_dataset(new_report("synthetic", None, "generated"), SyntheticIndoor(num_pretrain=8), limit)
 
 
 def _s3dis_layout(root: pathlib.Path) -> str | None:

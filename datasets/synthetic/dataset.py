@@ -15,7 +15,13 @@ from datasets.synthetic.layout import DET_CLASSES, NUM_STRUCTURAL, SEG_CLASSES, 
 from datasets.synthetic.render import render_frame
 from datasets.types import DatasetInfo, Frame, Scene
 
-_SPLIT_CODES = {"train": 0, "val": 1}
+# Each split code seeds its own scene streams; a new split takes a new code, so existing splits keep
+# their scenes.
+_SPLIT_CODES = {"train": 0, "val": 1, "pretrain": 2}
+UNLABELLED_SPLITS = ("pretrain",)
+# Part of the cache fingerprint (public state): bump it when the same settings generate other scenes.
+# 2: furniture materials from the shared palette (materials.py) instead of one colour per class.
+GENERATOR_VERSION = 2
 
 
 def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
@@ -49,18 +55,36 @@ def fuse_frames(frames: list[Frame], voxel_size: float) -> tuple[np.ndarray, np.
     return points[keep], np.concatenate(cols)[keep], np.concatenate(sem)[keep], np.concatenate(inst)[keep]
 
 
+def frames_only_scene(scene_id: str, frames: list[Frame]) -> Scene:
+    """A scene that is its frames: no fused point cloud, no point labels, no boxes (pretraining reads
+    ``scene.frames`` only, so fusing would be wasted work)."""
+    return Scene(scene_id=scene_id, points=np.zeros((0, 3), np.float32), colors=np.zeros((0, 3), np.uint8),
+                 semantic=np.zeros(0, np.int32), instance=np.zeros(0, np.int32), boxes=np.zeros((0, 7), np.float32),
+                 box_labels=np.zeros(0, np.int32), box_instance=np.zeros(0, np.int32), frames=frames)
+
+
 @gin.register
 class SyntheticIndoor:
     """A simulated indoor RGB-D benchmark (procedural rooms, ray-cast frames), not real data.
 
-    Each (seed, split, index) has its own random stream, so any scene can be generated alone and
-    scenes do not depend on each other. Segmentation classes are ``wall``, ``floor`` and the
-    furniture classes; detection classes are the furniture classes (long-tailed frequencies, see
-    ``datasets/synthetic/furniture.py``). Instance ids: 1 floor, 2-5 walls, 6+ furniture.
+    Each (seed, split, index) has its own random streams, so any scene can be generated alone and
+    scenes do not depend on each other or on the split sizes. Segmentation classes are ``wall``,
+    ``floor`` and the furniture classes; detection classes are the furniture classes (long-tailed
+    frequencies, see ``datasets/synthetic/furniture.py``); furniture colours come from a palette
+    shared by all classes (``materials.py``). Instance ids: 1 floor, 2-5 walls, 6+ furniture.
+
+    Splits ``train`` and ``val`` are labelled rooms. ``pretrain`` holds other rooms (their own
+    streams) for pretraining and is unlabelled: its scenes carry frames only (no fused point cloud,
+    no boxes). Its frames keep the rendered instance and semantic maps because the simulated SAM
+    (``RenderedMaskSource``) and the simulated teacher (``SimulatedTeacher``) read them, standing in
+    for SAM and DINOv2, which compute masks and features from the image. The labels reach
+    pretraining only through those simulations; no loss reads them as targets and no metric
+    reads them at all.
 
     Args:
         seed: master seed of the simulation.
-        num_train, num_val: number of scenes in each split.
+        num_train, num_val: number of labelled scenes in each split.
+        num_pretrain: number of unlabelled scenes (frames only) in the ``pretrain`` split.
         frames_per_scene: simulated RGB-D frames rendered per room.
         image_hw: (height, width) of every frame in pixels.
         fov_deg: horizontal field of view of the simulated pinhole camera.
@@ -71,14 +95,17 @@ class SyntheticIndoor:
     """
 
     splits: tuple[str, ...] = tuple(_SPLIT_CODES)
+    unlabelled_splits: tuple[str, ...] = UNLABELLED_SPLITS  # scenes with frames only
 
-    def __init__(self, seed: int = 0, num_train: int = 24, num_val: int = 8, frames_per_scene: int = 4,
-                 image_hw: tuple[int, int] = (120, 160), fov_deg: float = 70.0, voxel_size: float = 0.03,
-                 min_points_per_box: int = 20, yaw_boxes: bool = True):
-        if min(num_train, num_val) < 0 or frames_per_scene < 1 or voxel_size <= 0:
-            raise ValueError("SyntheticIndoor: need num_train, num_val >= 0, frames_per_scene >= 1, voxel_size > 0")
+    def __init__(self, seed: int = 0, num_train: int = 24, num_val: int = 8, num_pretrain: int = 0,
+                 frames_per_scene: int = 4, image_hw: tuple[int, int] = (120, 160), fov_deg: float = 70.0,
+                 voxel_size: float = 0.03, min_points_per_box: int = 20, yaw_boxes: bool = True):
+        if min(num_train, num_val, num_pretrain) < 0 or frames_per_scene < 1 or voxel_size <= 0:
+            raise ValueError("SyntheticIndoor: need num_train, num_val, num_pretrain >= 0, frames_per_scene >= 1, "
+                             "voxel_size > 0")
         self.seed = int(seed)
-        self._counts = {"train": int(num_train), "val": int(num_val)}
+        self.generator_version = GENERATOR_VERSION
+        self._counts = {"train": int(num_train), "val": int(num_val), "pretrain": int(num_pretrain)}
         self.frames_per_scene = int(frames_per_scene)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.intrinsics = pinhole_intrinsics(self.image_hw, fov_deg)
@@ -102,13 +129,15 @@ class SyntheticIndoor:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
         return split
 
-    def _streams(self, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-        """Independent layout and render generators of one scene."""
+    def _streams(self, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+        """Independent layout, render and material generators of one scene."""
         n = self.num_scenes(split)
         if not 0 <= index < n:
             raise IndexError(f"scene index {index} out of range for split {split!r} with {n} scenes")
-        layout_seq, render_seq = np.random.SeedSequence([self.seed, _SPLIT_CODES[split], index]).spawn(2)
-        return np.random.default_rng(layout_seq), np.random.default_rng(render_seq)
+        # Children of a SeedSequence are numbered, so the first two (layout, render) are the same
+        # whether two or three are spawned: the material stream came last and changed no other draw.
+        seqs = np.random.SeedSequence([self.seed, _SPLIT_CODES[split], index]).spawn(3)
+        return tuple(np.random.default_rng(s) for s in seqs)
 
     def scene_id(self, split: str, index: int) -> str:
         """Identifier of a scene, e.g. ``synthetic-s0-train-0003``."""
@@ -116,15 +145,19 @@ class SyntheticIndoor:
 
     def layout(self, split: str, index: int) -> Layout:
         """The room, furniture and camera poses of a scene, without rendering (cheap)."""
-        return sample_layout(self._streams(split, index)[0], self.frames_per_scene)
+        layout_rng, _, material_rng = self._streams(split, index)
+        return sample_layout(layout_rng, self.frames_per_scene, material_rng)
 
     def scene(self, split: str, index: int) -> Scene:
-        """Render and fuse one simulated scene (deterministic in seed, split and index)."""
-        layout_rng, render_rng = self._streams(split, index)
-        layout = sample_layout(layout_rng, self.frames_per_scene)
+        """Render one simulated scene (deterministic in seed, split and index) and, for the labelled
+        splits, fuse it into a labelled point cloud with boxes; pretrain scenes carry frames only."""
+        layout_rng, render_rng, material_rng = self._streams(split, index)
+        layout = sample_layout(layout_rng, self.frames_per_scene, material_rng)
         sid = self.scene_id(split, index)
         frames = [render_frame(layout.primitives, self.intrinsics, pose, self.image_hw, render_rng, f"{sid}-f{i:02d}")
                   for i, pose in enumerate(layout.poses)]
+        if split in UNLABELLED_SPLITS:
+            return frames_only_scene(sid, frames)
         points, colors, semantic, instance = fuse_frames(frames, self.voxel_size)
         counts = np.bincount(instance, minlength=max([o.instance for o in layout.objects], default=0) + 1)
         kept = [o for o in layout.objects if counts[o.instance] >= self.min_points_per_box]

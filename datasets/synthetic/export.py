@@ -1,6 +1,7 @@
 """Write the simulated benchmark in the on-disk layouts of real datasets, so that the real readers are
 tested end to end on complete scenes (the real excerpts are partial). Everything written is simulated:
-file and scene names keep the synthetic ids, and ``synthetic_export.json`` at the top says so.
+file and scene names keep the synthetic ids, and ``synthetic_export.json`` at the top says so. Only the
+labelled splits (train, val) are exported; the unlabelled pretrain split (frames only) is left out.
 
 ScanNet v2 raw layout (``export_scannet_raw``), under ``<out>/``::
 
@@ -115,6 +116,16 @@ def _settings(dataset, layout: str, splits: Sequence[str]) -> dict:
             "frames_per_scene": dataset.frames_per_scene, "image_hw": list(dataset.image_hw),
             "voxel_size": dataset.voxel_size, "min_points_per_box": dataset.min_points_per_box,
             "yaw_boxes": dataset.yaw_boxes}
+
+
+def _check_splits(dataset, splits: Sequence[str]) -> None:
+    """One-line error for splits that cannot be exported: unknown ones, and the unlabelled pretrain split,
+    whose frames-only scenes have no point cloud or boxes to write."""
+    for split in splits:
+        dataset.num_scenes(split)  # raises on an unknown split
+        if split in getattr(dataset, "unlabelled_splits", ()):
+            raise ValueError(f"export: split {split!r} is unlabelled (frames only) and is not exported; "
+                             "export train and val")
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -249,6 +260,7 @@ def export_scannet_raw(dataset, out_dir: str | os.PathLike, splits: Sequence[str
     """
     if frame_every < 1:
         raise ValueError(f"frame_every must be >= 1, got {frame_every}")
+    _check_splits(dataset, splits)
 
     def write(root: pathlib.Path) -> dict:
         scenes, k = [], 0
@@ -350,6 +362,7 @@ def export_sunrgbd_votenet(dataset, out_dir: str | os.PathLike, splits: Sequence
     if frame_every < 1:
         raise ValueError(f"frame_every must be >= 1, got {frame_every}")
     min_pixels = dataset.min_points_per_box if min_box_pixels is None else int(min_box_pixels)
+    _check_splits(dataset, splits)
 
     def write(out: pathlib.Path) -> dict:
         root, samples, number = out / "sunrgbd_trainval", [], 0

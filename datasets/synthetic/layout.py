@@ -2,8 +2,9 @@
 
 A room spans ``[0, W] x [0, L]`` with its floor at z = 0 and four walls (no ceiling). Furniture is
 drawn from the long-tailed catalogue in ``furniture.py``, sized with per-object jitter, and placed by
-rejection sampling so that footprints stay inside the room and never overlap. Everything here is
-cheap (no rendering), so layouts can be sampled by the hundred for statistics.
+rejection sampling so that footprints stay inside the room and never overlap. Furniture colours come from
+the palette in ``materials.py``, shared by all classes; the floor and walls keep their own looks.
+Everything here is cheap (no rendering), so layouts can be sampled by the hundred for statistics.
 
 Instance ids: 1 is the floor, 2-5 the four walls, furniture takes 6, 7, ... in placement order.
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from datasets.geometry import look_at_pose
 from datasets.synthetic.furniture import FURNITURE, Part, box, sampling_probabilities
+from datasets.synthetic.materials import JITTER, draw_materials
 
 WALL, FLOOR = 0, 1  # segmentation ids of the two structural classes
 NUM_STRUCTURAL = 2  # furniture detection class k has segmentation id k + NUM_STRUCTURAL
@@ -25,7 +27,6 @@ FLOOR_INSTANCE, FIRST_WALL_INSTANCE, FIRST_OBJECT_INSTANCE = 1, 2, 6
 _WALL_COLOR, _FLOOR_COLOR = (205, 200, 188), (150, 118, 86)
 _WALL_T = 0.1  # wall and floor slab thickness, outside the room so the interior stays [0, W] x [0, L]
 _GAP = 0.1  # minimum free space between two footprints (m)
-_COLOR_JITTER = 14.0  # per-instance colour standard deviation (RGB units)
 
 
 @dataclasses.dataclass
@@ -191,8 +192,9 @@ def _camera_poses(room: np.ndarray, objects: list[tuple[np.ndarray, float]], num
     return np.stack(poses)
 
 
-def sample_layout(rng: np.random.Generator, num_cameras: int) -> Layout:
-    """Sample one room with furniture and ``num_cameras`` camera poses from ``rng``."""
+def sample_layout(rng: np.random.Generator, num_cameras: int, material_rng: np.random.Generator) -> Layout:
+    """Sample one room with furniture and ``num_cameras`` camera poses from ``rng``, and the furniture's
+    materials from ``material_rng``."""
     room = np.array([rng.uniform(3.5, 7.0), rng.uniform(3.0, 6.0), rng.uniform(2.6, 3.0)])
     rows: list[tuple[Part, float, int, int, np.ndarray]] = []  # part, yaw, instance, semantic, colour
     offsets: list[np.ndarray] = []
@@ -204,9 +206,11 @@ def sample_layout(rng: np.random.Generator, num_cameras: int) -> Layout:
     for cls, parts, ext, fp in _place_furniture(room, rng):
         inst = FIRST_OBJECT_INSTANCE + len(objects)
         yaw = float(np.arctan2(np.sin(fp[4]), np.cos(fp[4])))
-        color = np.array(FURNITURE[cls].color) + rng.normal(0, _COLOR_JITTER, 3)
+        # The main material's jitter is drawn from the layout stream, where the colour jitter of the
+        # earlier class-coloured furniture was drawn, so rooms and cameras keep their former draws.
+        slots = draw_materials(material_rng, rng.normal(0, JITTER, 3))
         for part in parts:
-            rows.append((part, yaw, inst, cls + NUM_STRUCTURAL, color * part.tone))
+            rows.append((part, yaw, inst, cls + NUM_STRUCTURAL, slots[part.slot] * part.tone))
             offsets.append(np.array([fp[0], fp[1], 0.0]))
         objects.append(SceneObject(cls, inst, np.array([fp[0], fp[1], ext[2] / 2, *ext, yaw])))
         footprints.append((fp, float(ext[2])))

@@ -51,6 +51,14 @@ def test_prepared_frames_hold_masks_features_and_sampled_points(prepared):
     assert frame.region_groups.shape == frame.region_ids.shape
 
 
+def test_the_pretrain_split_prepares_from_frames_alone(tmp_path):
+    # The simulated SAM and teacher read the rendered maps of the unlabelled frames; no fused cloud is needed.
+    dataset = _dataset(num_pretrain=2)
+    split = _preparation().prepare(dataset, "pretrain", tmp_path)
+    assert len(split) == 4 and split[0].frame_id == "synthetic-s0-pretrain-0000-f00"
+    assert split.groups["counts"].sum() == sum(len(split[i].region_ids) for i in range(len(split)))
+
+
 def test_groups_count_every_training_region(prepared):
     _, _, split, _ = prepared
     total = sum(len(split[i].region_ids) for i in range(len(split)))

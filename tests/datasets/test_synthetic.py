@@ -12,7 +12,7 @@ from datasets.synthetic.furniture import CYLINDER, FURNITURE, sampling_probabili
 from datasets.synthetic.layout import FIRST_OBJECT_INSTANCE
 from datasets.types import IGNORE_INDEX
 
-SMALL = dict(num_train=3, num_val=2, frames_per_scene=3, image_hw=(48, 64))
+SMALL = dict(num_train=3, num_val=2, num_pretrain=2, frames_per_scene=3, image_hw=(48, 64))
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +41,21 @@ def test_info_names_a_simulation_with_ten_plus_classes(dataset):
     assert info.seg_classes[:2] == ("wall", "floor")
     assert info.seg_classes[2:] == info.det_classes
     assert info.seg_to_det == (-1, -1) + tuple(range(len(info.det_classes)))
-    assert dataset.splits == ("train", "val")
-    assert (dataset.num_scenes("train"), dataset.num_scenes("val")) == (3, 2)
+    assert dataset.splits == ("train", "val", "pretrain") and dataset.unlabelled_splits == ("pretrain",)
+    assert [dataset.num_scenes(s) for s in dataset.splits] == [3, 2, 2]
 
 
 def test_unknown_split_and_index_errors(dataset):
-    with pytest.raises(ValueError, match=r"'test'.*train, val"):
+    with pytest.raises(ValueError, match=r"'test'.*train, val, pretrain"):
         dataset.scene("test", 0)
     with pytest.raises(ValueError, match="'test'"):
         dataset.num_scenes("test")
     with pytest.raises(IndexError):
         dataset.layout("train", 3)
+    with pytest.raises(IndexError):
+        dataset.scene("pretrain", 2)
+    with pytest.raises(ValueError, match="num_pretrain"):
+        SyntheticIndoor(num_pretrain=-1)
 
 
 def test_determinism_and_independence(dataset, scenes):
@@ -62,6 +66,32 @@ def test_determinism_and_independence(dataset, scenes):
     assert other.points.shape != scenes[1].points.shape or not np.array_equal(other.points, scenes[1].points)
     assert not np.array_equal(other.frames[0].depth, scenes[1].frames[0].depth)
     assert not np.array_equal(scenes[0].frames[0].depth, scenes[3].frames[0].depth)  # train 0 != val 0
+
+
+def test_pretrain_split_is_frames_only_with_what_the_simulated_sam_and_teacher_read(dataset):
+    h, w = SMALL["image_hw"]
+    scene = dataset.scene("pretrain", 1)
+    assert scene.scene_id == "synthetic-s7-pretrain-0001" and len(scene.frames) == SMALL["frames_per_scene"]
+    assert scene.num_points == 0 and scene.points.shape == (0, 3) and scene.boxes.shape == (0, 7)
+    assert len(scene.colors) == len(scene.semantic) == len(scene.instance) == len(scene.box_labels) == 0
+    for f in scene.frames:
+        assert f.frame_id.startswith("synthetic-s7-pretrain-0001-f")
+        assert f.rgb.shape == (h, w, 3) and f.depth.shape == (h, w) and (f.depth > 0).mean() > 0.5
+        # RenderedMaskSource reads the instance map, SimulatedTeacher both maps (the simulations of SAM
+        # and of a 2D foundation model); nothing else reads labels of this split.
+        assert f.instance.shape == f.semantic.shape == (h, w)
+        np.testing.assert_array_equal(f.instance > 0, f.depth > 0)
+
+
+def test_pretrain_split_is_disjoint_deterministic_and_leaves_the_labelled_splits_alone(dataset, scenes):
+    bigger = SyntheticIndoor(seed=7, **{**SMALL, "num_train": 40, "num_val": 40, "num_pretrain": 40})
+    rooms = {bigger.layout(split, i).room.tobytes() for split in bigger.splits for i in range(40)}
+    assert len(rooms) == 120  # 120 different rooms: the pretrain streams are none of train's or val's
+    _assert_scenes_equal(bigger.scene("pretrain", 1), dataset.scene("pretrain", 1))
+    none = SyntheticIndoor(seed=7, **{**SMALL, "num_pretrain": 0})
+    assert none.num_scenes("pretrain") == 0
+    _assert_scenes_equal(none.scene("train", 2), scenes[2])  # labelled scenes do not depend on num_pretrain
+    _assert_scenes_equal(none.scene("val", 1), scenes[4])
 
 
 def test_scenes_iterator_is_lazy_and_matches_scene(dataset, scenes):

@@ -215,6 +215,16 @@ def test_cli_export_and_frame_every(tmp_path, capsys):
     assert (sun / "sunrgbd_trainval" / "val_data_idx.txt").read_text() == "2\n"
 
 
+@pytest.mark.parametrize("write", [export.export_scannet_raw, export.export_sunrgbd_votenet])
+def test_the_unlabelled_pretrain_split_is_not_exported(tmp_path, write):
+    small = SyntheticIndoor(seed=0, num_train=1, num_val=0, num_pretrain=1, frames_per_scene=1, image_hw=(16, 20))
+    with pytest.raises(ValueError, match=r"'pretrain' is unlabelled \(frames only\)"):
+        write(small, tmp_path / "out", splits=("train", "pretrain"))
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        write(small, tmp_path / "out", splits=("test",))
+    assert not list(tmp_path.iterdir())  # rejected before anything was written
+
+
 def test_interrupted_export_never_looks_complete(tmp_path, monkeypatch, dataset):
     small = SyntheticIndoor(seed=0, num_train=1, num_val=0, frames_per_scene=1, image_hw=(16, 20))
     out = tmp_path / "scannet"

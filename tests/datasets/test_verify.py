@@ -139,8 +139,22 @@ def test_check_scene_records_any_exception():
 def test_synthetic_verifier():
     report = verify.verify_synthetic(limit=1)
     assert report["ok"], report["problems"]
-    assert [e["split"] for e in report["scenes"]] == ["train", "val"]
-    assert all(e["points"] > 0 for e in report["scenes"])
+    assert [e["split"] for e in report["scenes"]] == ["train", "val", "pretrain"]
+    assert [e["points"] > 0 for e in report["scenes"]] == [True, True, False]  # pretrain: frames only
+    assert all(e["frames"] == 4 for e in report["scenes"])
+
+
+def test_frames_only_scene_needs_frames_and_skips_point_checks():
+    from datasets.synthetic import SyntheticIndoor
+    from datasets.synthetic.dataset import frames_only_scene
+
+    ds = SyntheticIndoor(num_pretrain=1, frames_per_scene=1, image_hw=(16, 20))
+    scene = ds.scene("pretrain", 0)
+    assert verify.check_scene("pretrain", scene.scene_id, lambda: scene, ds.info, frames_only=True)["problems"] == []
+    assert "empty: 0 points" in verify.check_scene("train", scene.scene_id, lambda: scene, ds.info)["problems"]
+    bare = frames_only_scene("bare", [])
+    assert verify.check_scene("pretrain", "bare", lambda: bare, ds.info, frames_only=True)["problems"] == [
+        "no frames in a frames-only scene"]
 
 
 def test_new_verifier_is_one_dict_entry(monkeypatch, capsys):

@@ -55,6 +55,14 @@ def test_cli_show_writes_pictures(tmp_path, capsys):
         assert pathlib.Path(p).parent == out and _is_png(pathlib.Path(p))
 
 
+def test_cli_show_pretrain_scene_writes_frames_only(tmp_path, capsys):
+    assert main(["show", "--out", str(tmp_path), "--split", "pretrain", "--index", "2", "--hw", "24", "32",
+                 "--frames", "2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [pathlib.Path(p).name for p in printed] == [f"synthetic-s0-pretrain-0002-f0{i}.png" for i in (0, 1)]
+    assert all(_is_png(pathlib.Path(p)) for p in printed)
+
+
 @pytest.mark.parametrize("extra", [[], ["--split", "test"]])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, extra):
     blocker = tmp_path / "file"
