@@ -13,7 +13,9 @@ import datasets.scannet  # noqa: F401  ScanNetExport, ScanNetBin, ScanNetRaw, Se
 import datasets.sunrgbd  # noqa: F401  SunRgbdVotenet, SunRgbdMmdet3d
 import datasets.synthetic  # noqa: F401  SyntheticIndoor
 import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
+import methods.detr_recipe  # noqa: F401  DetrRecipe
 import methods.finetune  # noqa: F401  SegmentationFinetune, DetectionFinetune, FinetuneRow
+import methods.groupfree_finetune  # noqa: F401  GroupFreeDetection, GroupFreeRecipe
 import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
 import methods.objectives  # noqa: F401  RegionDistillation, MaskedTokenPrediction, DistillationWithMTP, PointMAE, Bridge3DStyle

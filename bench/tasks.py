@@ -2,6 +2,7 @@
 
 Each task yields metrics keyed ``<dataset>/<task>/<metric>`` (e.g. ``synthetic/det/AP25``) in percent, as
 the paper's tables report them, plus per-class values under ``<dataset>/<task>/class/<name>/<metric>``.
+A detection task for one of a row's named detection heads keys them ``<dataset>/det-<head>/<metric>``.
 """
 from __future__ import annotations
 
@@ -42,16 +43,25 @@ class SemanticSegmentationTask:
 
 @gin.register
 class DetectionTask:
-    """AP / AR at each IoU threshold, VOC all-point AP with strict IoU > threshold (DESIGN 2.10)."""
+    """AP / AR at each IoU threshold, VOC all-point AP with strict IoU > threshold (DESIGN 2.10).
+
+    ``head`` "" scores ``method.predict_detection(scene)`` under ``det``; a head name scores
+    ``method.predict_detection(scene, head=head)`` (a ``FinetuneRow``'s ``detection_heads``) under
+    ``det-<head>``, e.g. ``groupfree/DetectionTask.head = 'groupfree'`` -> ``synthetic/det-groupfree/AP25``.
+    """
 
     key = "det"
 
-    def __init__(self, iou_thresholds: Sequence[float] = (0.25, 0.5)):
+    def __init__(self, iou_thresholds: Sequence[float] = (0.25, 0.5), head: str = ""):
         self.iou_thresholds = tuple(iou_thresholds)
+        if not isinstance(head, str) or "/" in head:
+            raise ValueError(f"DetectionTask.head: expected a name without '/', got {head!r}")
+        self.head = head
+        self.key = f"det-{head}" if head else "det"
         self._scenes: list[dict[str, np.ndarray]] = []
 
     def add(self, method, scene: Scene) -> None:
-        detections = method.predict_detection(scene)
+        detections = method.predict_detection(scene, head=self.head) if self.head else method.predict_detection(scene)
         self._scenes.append({"gt_boxes": scene.boxes, "gt_labels": scene.box_labels,
                              "pred_boxes": detections.boxes, "pred_labels": detections.labels,
                              "pred_scores": detections.scores})

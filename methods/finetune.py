@@ -17,10 +17,11 @@ from bench import timing
 from bench.fingerprint import fingerprint
 from bench.seeding import derive_seed, torch_seeded
 from datasets.types import Detections, Scene
-from methods.downstream.detection import DetectionObjective, Detector3D, predict_batch
+from methods.downstream.detection import Detector3D, predict_batch
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
 from methods.downstream.segmentation import (PointSegmenter, SegmentationObjective, load_pretrained_encoder,
                                              predict_scene_labels)
+from methods.detr_recipe import DetrRecipe
 from methods.encoder import EncoderSpec
 from methods.train import TrainSchedule, train
 
@@ -120,6 +121,8 @@ class DetectionFinetune(_Finetune):
       objectness_threshold, nms_iou: post-processing [prior: 0.05, 0.25].
       query_from_tokens: start queries from their tokens' encoder features (GroupFree3D-style) instead of
         3DETR's zeros; converges much faster on small budgets (the demo profile turns it on).
+      recipe: matching costs and loss weights (``DetrRecipe``; None = 3DETR's ScanNet recipe).
+      head_dropout: dropout in the box heads [prior: 3DETR 0.3].
     """
 
     task = "det"
@@ -127,9 +130,11 @@ class DetectionFinetune(_Finetune):
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 8,
                  objectness_threshold: float = 0.05, nms_iou: float = 0.25, augment: bool = True,
-                 query_from_tokens: bool = False):
+                 query_from_tokens: bool = False, recipe: DetrRecipe | None = None, head_dropout: float = 0.3):
         super().__init__(tokenizer, encoder, num_points, schedule, augment)
         self.query_from_tokens = query_from_tokens
+        self.recipe = recipe or DetrRecipe()
+        self.head_dropout = head_dropout
         self.num_queries = num_queries
         self.decoder_depth = decoder_depth
         self.objectness_threshold = objectness_threshold
@@ -140,8 +145,9 @@ class DetectionFinetune(_Finetune):
         def build():
             model = Detector3D(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
                                len(info.det_classes), info.has_yaw, num_queries=self.num_queries,
-                               decoder_depth=self.decoder_depth, query_from_tokens=self.query_from_tokens)
-            return model, DetectionObjective(model)
+                               decoder_depth=self.decoder_depth, query_from_tokens=self.query_from_tokens,
+                               head_dropout=self.head_dropout)
+            return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
 
@@ -159,18 +165,26 @@ class FinetuneRow:
     Args:
       pretrain: a ``PretrainRow`` (e.g. ``@stage2/PretrainRow()``), or None for "no pretraining".
       segmentation, detection: fine-tuning specs, or None to skip a task.
+      detection_heads: more detection specs by head name (e.g. ``{'3detr': @DetectionFinetune(),
+        'groupfree': @GroupFreeDetection()}``), each fine-tuned on its own and scored by a
+        ``DetectionTask`` whose ``head`` names it (metrics ``<dataset>/det-<head>/...``).
     """
 
     def __init__(self, pretrain=None, segmentation: SegmentationFinetune | None = None,
-                 detection: DetectionFinetune | None = None):
+                 detection: DetectionFinetune | None = None, detection_heads: dict | None = None):
         self.pretrain = pretrain
         self.segmentation = segmentation
         self.detection = detection
+        self.detection_heads = dict(detection_heads or {})
+        for head in self.detection_heads:
+            if not (isinstance(head, str) and head.replace("_", "").isalnum()):
+                raise ValueError(f"FinetuneRow.detection_heads: head names must be letters, digits or _, got {head!r}")
         self._models: dict[str, torch.nn.Module] = {}
         self._seed = 0
 
     def _tasks(self):
-        return [(name, spec) for name, spec in (("seg", self.segmentation), ("det", self.detection)) if spec]
+        tasks = [(name, spec) for name, spec in (("seg", self.segmentation), ("det", self.detection)) if spec]
+        return tasks + [(f"det-{head}", spec) for head, spec in self.detection_heads.items()]
 
     def _keys(self, context) -> tuple[str, dict[str, str]]:
         """(pretraining key or "none", task -> fine-tuned model key), computed without running anything."""
@@ -207,5 +221,8 @@ class FinetuneRow:
     def predict_segmentation(self, scene: Scene):
         return self.segmentation.predict(self._models["seg"], scene, self._seed)
 
-    def predict_detection(self, scene: Scene) -> Detections:
-        return self.detection.predict(self._models["det"], scene, self._seed)
+    def predict_detection(self, scene: Scene, head: str = "") -> Detections:
+        """Detections of ``detection`` ("" head) or of ``detection_heads[head]``."""
+        if not head:
+            return self.detection.predict(self._models["det"], scene, self._seed)
+        return self.detection_heads[head].predict(self._models[f"det-{head}"], scene, self._seed)

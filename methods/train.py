@@ -40,7 +40,11 @@ _RANK_SEED_STRIDE = 1_000_003
 @gin.register
 @dataclasses.dataclass(frozen=True)
 class TrainSchedule:
-    """Optimisation hyperparameters of one stage [prior: Point-MAE/Bridge3D pretraining, AdamW, cosine]."""
+    """Optimisation hyperparameters of one stage [prior: Point-MAE/Bridge3D pretraining, AdamW, cosine].
+
+    Warm-up: ``warmup_epochs`` epochs of steps, unless ``warmup_fraction`` is set: then that fraction of all
+    steps (rounded, at least 1), so a short schedule can warm up for less than one epoch.
+    """
 
     epochs: int = 100
     batch_size: int = 32
@@ -51,6 +55,18 @@ class TrainSchedule:
     num_workers: int = 0  # data-loader worker processes
     device: str = "auto"  # "auto" = cuda if available, else cpu
     bf16: bool = True  # bf16 autocast, used on CUDA only
+    warmup_fraction: float | None = None  # of all steps, in (0, 1); None = use warmup_epochs
+
+    def __post_init__(self):
+        if self.warmup_fraction is not None and not 0.0 < self.warmup_fraction < 1.0:
+            raise ValueError(f"TrainSchedule.warmup_fraction: expected a value in (0, 1) or None, "
+                             f"got {self.warmup_fraction!r}")
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Warm-up length in optimiser steps (class docstring)."""
+        if self.warmup_fraction is None:
+            return self.warmup_epochs * steps_per_epoch
+        return max(1, round(self.warmup_fraction * self.epochs * steps_per_epoch))
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -117,7 +133,7 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
     batch_size, sampler = _shard(dataset, schedule, seed, name)
     steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
-    total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_epochs * steps_per_epoch
+    total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_steps(steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     history: list[dict[str, float]] = []
     if state is not None:

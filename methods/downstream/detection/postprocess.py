@@ -1,8 +1,10 @@
 """From detector outputs to per-scene ``Detections`` [prior: 3DETR / VoteNet ``parse_predictions``].
 
 Rule, per scene, on the last decoder layer:
-1. objectness = 1 - p(no-object); class probabilities p(c) = softmax over all C+1 logits, first C;
-   each query's label is its arg-max class.
+1. 3DETR-style outputs (``logits``, C+1 with no-object last): objectness = 1 - p(no-object); class
+   probabilities p(c) = softmax over all C+1 logits, first C. GroupFree3D-style outputs
+   (``objectness_logits`` and ``class_logits``): objectness = sigmoid, p(c) = softmax over the C class
+   logits [prior: GroupFree3D / VoteNet ``parse_predictions``]. Each query's label is its arg-max class.
 2. Keep valid queries with objectness > ``objectness_threshold`` (strict, 3DETR's conf_thresh 0.05).
 3. Class-aware greedy 3D NMS over the kept boxes ranked by objectness (as 3DETR): a box is dropped
    when its exact 3D IoU (``bench.metrics.box_iou.box_iou_3d``) with a kept box of the same label is
@@ -47,12 +49,12 @@ def decode_detections(outputs_last: dict[str, torch.Tensor], objectness_threshol
                       nms_iou: float = 0.25, max_detections: int | None = None,
                       per_class_proposals: bool = True) -> list[Detections]:
     """The last layer's outputs -> one ``Detections`` per scene (rule in the module docstring)."""
-    prob = outputs_last["logits"].detach().float().softmax(dim=-1).cpu().numpy()
+    class_prob, objectness_prob = _probabilities(outputs_last)
     boxes = pred_boxes({k: v.detach().float() for k, v in outputs_last.items()}).cpu().numpy()
     query_valid = outputs_last["query_valid"].cpu().numpy()
     result = []
-    for i in range(prob.shape[0]):
-        cls_prob, objectness = prob[i, :, :-1], 1.0 - prob[i, :, -1]
+    for i in range(class_prob.shape[0]):
+        cls_prob, objectness = class_prob[i], objectness_prob[i]
         idx = np.flatnonzero(query_valid[i] & (objectness > objectness_threshold))
         labels = cls_prob[idx].argmax(axis=1)
         idx = idx[nms_3d(boxes[i, idx], objectness[idx], labels, nms_iou)]
@@ -72,10 +74,20 @@ def decode_detections(outputs_last: dict[str, torch.Tensor], objectness_threshol
     return result
 
 
+def _probabilities(out: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities (B, Q, C), objectness (B, Q)) of a 3DETR- or GroupFree3D-style output."""
+    if "objectness_logits" in out:
+        cls_prob = out["class_logits"].detach().float().softmax(dim=-1)
+        return cls_prob.cpu().numpy(), torch.sigmoid(out["objectness_logits"].detach().float()).cpu().numpy()
+    prob = out["logits"].detach().float().softmax(dim=-1).cpu().numpy()
+    return prob[..., :-1], 1.0 - prob[..., -1]
+
+
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                   offsets: torch.Tensor | np.ndarray | None = None, **decode_kwargs) -> list[Detections]:
-    """Run a ``Detector3D`` in eval mode on ``batch`` and decode, adding each scene's offset back.
+    """Run a ``Detector3D`` or ``GroupFreeDetector`` in eval mode on ``batch`` and decode, adding each
+    scene's offset back.
 
     ``offsets`` (B, 3): what was subtracted from each scene's coordinates to build the batch (None =
     0); it is added to the box centres so boxes are in the scene's own frame. ``decode_kwargs`` go to
