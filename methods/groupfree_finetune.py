@@ -28,10 +28,11 @@ class GroupFreeRecipe:
     """Loss settings of ``GroupFreeObjective`` (meaning: its module docstring). Defaults: GroupFree3D's
     ScanNet recipe [prior]; its SUN RGB-D recipe is ``weight_kps`` 0.2, ``weight_objectness`` 0.4,
     ``center_delta`` 1/9, ``size_delta`` 0.0625, ``heading_delta`` 0.04 (``gin/downstream/finetune.gin``
-    names it ``sunrgbd/GroupFreeRecipe``). ``margin``: metres by which boxes grow when deciding which
-    object a token lies in [choice: 0]."""
+    names it ``sunrgbd/GroupFreeRecipe``). ``min_coverage`` / ``margin``: a token belongs to a box holding
+    at least that share of its points [choice: 0.5], faces grown by ``margin`` metres [choice: 0]."""
 
     kps_topk: int = 4
+    min_coverage: float = 0.5
     margin: float = 0.0
     weight_kps: float = 0.8
     weight_objectness: float = 0.1
