@@ -53,6 +53,9 @@ class TableSpec:
       columns: our metric keys (e.g. ``synthetic/det/AP25``), in display order.
       paper_table: ``table1`` .. ``table4``, or "" for no paper columns.
       paper_columns: our column -> the paper's column (e.g. ``scannet/det/AP25``).
+      paper_groups: our column -> the block of the paper's table its numbers come from (e.g.
+        ``'synthetic/det-groupfree/AP25': 'GroupFree3D'``): in that column a row's paper counterpart is
+        ``<group>/<rows[row]>``, so one row can stand beside Table 1's 3DETR and GroupFree3D blocks.
       notes: conventions of this table, printed under it.
     """
 
@@ -63,15 +66,22 @@ class TableSpec:
     paper_table: str = ""
     paper_columns: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    paper_groups: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.rows or not self.columns:
             raise ValueError(f"TableSpec {self.name!r}: rows and columns must not be empty")
         if self.baseline_row not in self.rows:
             raise ValueError(f"TableSpec {self.name!r}: baseline_row {self.baseline_row!r} is not one of rows {list(self.rows)}")
-        unknown = set(self.paper_columns) - set(self.columns)
-        if unknown:
-            raise ValueError(f"TableSpec {self.name!r}: paper_columns name columns not in columns: {sorted(unknown)}")
+        for field in ("paper_columns", "paper_groups"):
+            unknown = set(getattr(self, field)) - set(self.columns)
+            if unknown:
+                raise ValueError(f"TableSpec {self.name!r}: {field} name columns not in columns: {sorted(unknown)}")
+
+    def paper_ref(self, row: str, column: str) -> str:
+        """The paper row beside ``row`` in ``column``: ``rows[row]``, under ``paper_groups[column]`` if set."""
+        ref, group = self.rows[row], self.paper_groups.get(column, "")
+        return f"{group}/{ref}" if ref and group else ref
 
 
 # --- reading: MLflow runs and the paper's numbers
@@ -174,14 +184,15 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
         by_row[row][seed] = record["metrics"]
     if paper is None and spec.paper_table:
         paper = load_paper_table(spec.paper_table)
-    paper_base = paper_row(paper, spec.rows[spec.baseline_row]) if paper is not None else None
 
     lines = []
     for column in spec.columns:
         base = _finite({s: m.get(column, math.nan) for s, m in by_row[spec.baseline_row].items()})
         base_mean = _summary(base)[1]
         paper_column = spec.paper_columns.get(column, "")
-        for row, ref in spec.rows.items():
+        paper_base = paper_row(paper, spec.paper_ref(spec.baseline_row, column)) if paper is not None else None
+        for row in spec.rows:
+            ref = spec.paper_ref(row, column)
             values = _finite({s: m.get(column, math.nan) for s, m in by_row[row].items()})
             n, mean, std = _summary(values)
             line = {"row": row, "paper_row": ref, "column": column, "paper_column": paper_column,

@@ -173,6 +173,23 @@ def test_build_table_paper_columns():
     assert math.isnan(_line(table, "extra", AP)["paper"])
 
 
+def test_paper_groups_put_each_column_beside_its_block_of_table1():
+    spec = TableSpec(name="t1", rows={"none": "+Plain Transformer", "ours": "+Ours"}, baseline_row="none",
+                     columns=["synthetic/det-3detr/AP25", "synthetic/det-groupfree/AP25"], paper_table="table1",
+                     paper_columns={"synthetic/det-3detr/AP25": "scannet/det/AP25",
+                                    "synthetic/det-groupfree/AP25": "scannet/det/AP25"},
+                     paper_groups={"synthetic/det-3detr/AP25": "3DETR", "synthetic/det-groupfree/AP25": "GroupFree3D"})
+    records = [{"row": "none", "seed": 0, "metrics": {}}, {"row": "ours", "seed": 0, "metrics": {}}]
+    table = build_table(records, spec)
+    detr, groupfree = (_line(table, "ours", column) for column in spec.columns)
+    assert (detr["paper_row"], detr["paper"]) == ("3DETR/+Ours", 68.2)
+    assert detr["paper_delta"] == pytest.approx(68.2 - 61.1)
+    assert (groupfree["paper_row"], groupfree["paper"]) == ("GroupFree3D/+Ours", 72.3)
+    assert groupfree["paper_delta"] == pytest.approx(72.3 - 66.1)
+    with pytest.raises(ValueError, match="paper_groups"):
+        TableSpec(name="x", rows={"a": ""}, baseline_row="a", columns=["m"], paper_groups={"n": "3DETR"})
+
+
 def test_build_table_refuses_duplicate_seeds_and_bad_specs():
     with pytest.raises(ValueError, match="two records"):
         build_table(_records() + [{"row": "base", "seed": 0, "metrics": {}}], SPEC)

@@ -49,6 +49,14 @@ def test_warmup_cosine():
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
 
 
+def test_warmup_in_epochs_or_as_a_fraction_of_all_steps():
+    assert TrainSchedule(epochs=10, warmup_epochs=2).warmup_steps(12) == 24
+    assert TrainSchedule(epochs=10, warmup_epochs=2, warmup_fraction=0.05).warmup_steps(12) == 6  # of 120
+    assert TrainSchedule(epochs=1, warmup_fraction=0.01).warmup_steps(3) == 1  # at least one step
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        TrainSchedule(warmup_fraction=1.0)
+
+
 def test_loss_decreases_and_every_epoch_is_checkpointed(tmp_path):
     torch.manual_seed(0)
     logged = []
