@@ -27,11 +27,13 @@ def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wal
     pretraining = notes.get("pretraining data", "")
     simulated = info.name == "synthetic" or pretraining.startswith("synthetic/")
     dataset = f"{info.name} (simulation)" if info.name == "synthetic" else info.name
-    if pretraining and pretraining.split("/")[0] != info.name:  # e.g. the paper's ScanNet frames for S3DIS
+    if pretraining:  # e.g. the unlabelled synthetic/pretrain rooms, or the paper's ScanNet frames for S3DIS
         dataset += f"; pretraining frames: {pretraining}"
     return {
         "checkpoint": "last epoch (no selection on the evaluation split)",
-        "seeds": ", ".join(str(s) for s in seeds),
+        "seeds": ", ".join(str(s) for s in seeds) + " (a seed draws the pretraining and fine-tuning randomness: "
+                 "initialisation, data order, augmentation, tokens, masks; rows share their draws; protocol "
+                 "subsets and the data are fixed)",
         "profile": profile,
         "dataset": dataset,
         "teacher": notes.get("teacher", "none (no row pretrains)"),

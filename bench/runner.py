@@ -311,13 +311,20 @@ class RowContext:
         method.fit(self.scenes(self.train_split), self.dataset.info)
         return self.evaluate(method)
 
-    def evaluate(self, method) -> dict[str, float]:
+    def evaluate(self, method, suffix: str = "", tasks: set[str] | None = None) -> dict[str, float]:
         """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
-        the others return no metrics and wait for it at their next collective)."""
+        the others return no metrics and wait for it at their next collective).
+
+        ``tasks`` keeps only the tasks of those keys (``seg``, ``det``); ``suffix`` names a protocol in the
+        metric keys (``<dataset>/seg-<suffix>/mIoU``).
+        """
         if not distributed.is_main():
             return {}
         info = self.dataset.info
-        tasks = [make_task() for make_task in self.task_factories]
+        tasks = [task for task in (make_task() for make_task in self.task_factories) if tasks is None or task.key in tasks]
+        for task in tasks:
+            if suffix:
+                task.key = f"{task.key}-{suffix}"
         # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
         scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
         clock = timing.Stopwatch()

@@ -146,6 +146,21 @@ class PretrainRow:
             metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
         return Pretrained(result["encoder"], self.stage.key(prepared.folder.name, context.seed), metrics)
 
+    def components(self) -> dict[str, str]:
+        """The chain's resolved components (stage names, objectives, tokenizers, re-weighting), as params."""
+        out, stage, chain = {}, self.stage, []
+        while stage is not None:
+            chain.insert(0, stage)
+            stage = stage.previous
+        out["pretraining"] = " -> ".join(s.name for s in chain)
+        for s in chain:
+            out[f"pretrain/{s.name}/objective"] = type(s.objective).__name__
+            out[f"pretrain/{s.name}/tokenizer"] = type(s.tokenizer).__name__
+            balancing = getattr(s.objective, "balancing", None)
+            if balancing is not None:
+                out[f"pretrain/{s.name}/reweighting"] = "on" if balancing.enabled else "off"
+        return out
+
     def run(self, context) -> dict[str, float]:
         """A pretraining-only row: its metrics are the loss curves' end points."""
         return self.pretrain(context).metrics

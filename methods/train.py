@@ -80,13 +80,15 @@ def load_checkpoint(path: pathlib.Path) -> dict | None:
 def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: Callable,
           schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
           log: Callable[[dict[str, float], int], None] | None = None, name: str = "train",
-          extra_state: dict | None = None) -> list[dict[str, float]]:
+          extra_state: dict | None = None, param_groups: list[dict] | None = None) -> list[dict[str, float]]:
     """Train ``module`` (its ``forward(batch)`` returns a dict with a scalar ``loss``) and return the
     per-epoch mean of every returned value. Resumes from ``checkpoint`` if it exists; a finished
     checkpoint trains nothing (it is loaded into ``module``). ``dataset`` may have an ``epoch``
     attribute, set before each epoch. While one process trains a checkpoint, another one that wants
     the same checkpoint waits for it (``bench.locks``). Time goes to ``name`` in the run's profile,
-    split into the phases of every step: data, forward, backward, optimizer.
+    split into the phases of every step: data, forward, backward, optimizer. ``param_groups`` (each
+    ``{"params": [...], "lr_scale": s}``) trains groups at ``s`` times the schedule's learning rate;
+    None = every trainable parameter at 1.
     """
     device = schedule.resolve_device()
     module.to(device)
@@ -102,7 +104,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
             progress.step(name, f"cached ({schedule.epochs} epochs)")
             return list(state["history"])
         history = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name, extra_state,
-                                state, device)
+                                state, device, param_groups)
     first = len(state["history"]) if state is not None else 0
     resumed = f" (resumed from the checkpoint of epoch {first})" if first else ""
     progress.step(name, f"trained epochs {first + 1}-{schedule.epochs} of {schedule.epochs}{resumed} "
@@ -111,10 +113,13 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
 
 
 def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
-                  log, name: str, extra_state, state: dict | None, device: torch.device) -> list[dict[str, float]]:
+                  log, name: str, extra_state, state: dict | None, device: torch.device,
+                  param_groups: list[dict] | None = None) -> list[dict[str, float]]:
     params = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": params}] if param_groups is None else \
+        [{"params": g["params"], "lr": schedule.lr * g["lr_scale"]} for g in param_groups]
     # foreach: one fused call per update instead of one per tensor; bitwise the same updates on CPU.
-    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
     batch_size, sampler = _shard(dataset, schedule, seed, name)
     steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
     total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_epochs * steps_per_epoch
