@@ -314,7 +314,8 @@ def mdd_legend(alpha: float, power: float) -> str:
     return (f"(MDD m): minimal detectable difference at p < {alpha:g} and {100 * power:g} % power with the seeds "
             f"run, m = ({t} + t({power:g}, n−1)) · s_d / √n over the n paired seeds, s_d the std of the paired "
             f"differences: a true difference of m would reach p < {alpha:g} in about {100 * power:g} % of "
-            f"repetitions of this design; 0.0 where every seed moved by the same amount; no value with fewer than 2 pairs.")
+            f"repetitions of this design; 0.0 where every seed moved by the same amount; no value with fewer "
+            f"than 2 pairs.")
 
 
 def _footer(spec: TableSpec, conventions: Mapping[str, object]) -> dict[str, list[str]]:
