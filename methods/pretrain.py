@@ -18,6 +18,7 @@ from bench.distributed import main_first
 from bench.fingerprint import fingerprint
 from bench.seeding import derive_seed, torch_seeded
 from methods.batching import TokenizedFrames, collate
+from methods.tokenizers.report import stage_token_report
 from methods.train import TrainSchedule, train
 
 
@@ -129,7 +130,8 @@ class PretrainRow:
         return keys
 
     def pretrain(self, context) -> Pretrained:
-        """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
+        """Prepare (cached), pretrain (cached by stage), log each stage's token report (``tokens/<stage>/*``,
+        on the first frames) and the loss curves, report the curves' end points."""
         dataset, split = self._source(context)
         with main_first():  # under torchrun rank 0 fills the cache, then the other ranks read it
             prepared = self.preparation.prepare(dataset, split, context.cache_root)
@@ -137,6 +139,10 @@ class PretrainRow:
         context.notes.setdefault("teacher", self.preparation.teacher.description)
         context.notes.setdefault("masks", self.preparation.mask_source.description)
         result = self.stage.run(prepared, prepared.folder.name, context.cache_root, context.seed)
+        stage = self.stage
+        while stage is not None:  # what each stage's first-epoch tokens cover (methods/tokenizers/report.py)
+            context.log_metrics(stage_token_report(stage.name, stage.tokenizer, prepared, stage.step_seed(context.seed)))
+            stage = stage.previous
         metrics: dict[str, float] = {}
         for name, history in result["histories"].items():
             # Whole curves are logged here, not live, so a run that reuses cached stages shows them too.

@@ -60,6 +60,7 @@ def test_the_table_is_written_with_paper_numbers_and_conventions(table4):
     markdown = (folder / "table4.md").read_text()
     assert "| stage1+stage2 |" in markdown and "68.2" in markdown  # the paper's value beside ours
     assert "(2)" in markdown  # mean ± std over the 2 seeds
+    assert "(±" in markdown and "minimal detectable difference" in markdown  # each Δ's MDD over the 2 pairs
     assert "checkpoint: last epoch" in markdown and "synthetic (simulation)" in markdown
     assert (folder / "table4_pretrain_loss.png").stat().st_size > 0
 
