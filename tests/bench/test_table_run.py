@@ -47,7 +47,8 @@ def test_mlflow_has_a_parent_and_one_finished_child_per_row_and_seed(table4):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted((c.data.tags["row"], c.data.tags["seed"]) for c in children) == sorted(
-        (row, seed) for row in ("stage1", "stage1+MTP same stage", "stage1+stage2") for seed in ("0", "1"))
+        (row, seed) for row in ("stage1", "stage1, twice the epochs", "stage1+MTP same stage", "stage1+stage2")
+        for seed in ("0", "1"))
     for child in children:
         assert child.info.status == "FINISHED"
         assert all(key in child.data.metrics for key in METRICS)

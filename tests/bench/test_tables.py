@@ -334,7 +334,7 @@ def test_table_spec_is_built_by_gin():
     assert spec.rows["two"] == "stage1+stage2" and list(table["paper_delta"]) == [0.0, pytest.approx(68.2 - 65.2)]
 
 
-def test_conventions_name_other_pretraining_data_and_simulations():
+def test_conventions_name_the_pretraining_data_and_simulations():
     from bench.report import conventions
     from datasets.s3dis import S3DIS_INFO
     from datasets.synthetic import SyntheticIndoor
@@ -342,7 +342,7 @@ def test_conventions_name_other_pretraining_data_and_simulations():
     real = conventions("paper", [0, 1], S3DIS_INFO, {"pretraining data": "scannet/train"}, 60.0)
     assert real["dataset"] == "s3dis; pretraining frames: scannet/train" and not real["simulation"]
     same = conventions("paper", [0], S3DIS_INFO, {"pretraining data": "s3dis/train"}, 60.0)
-    assert same["dataset"] == "s3dis"
+    assert same["dataset"] == "s3dis; pretraining frames: s3dis/train"  # always said, e.g. an unlabelled split
     simulated = conventions("demo", [0], S3DIS_INFO, {"pretraining data": "synthetic/train"}, 60.0)
     assert simulated["simulation"] and "synthetic/train" in simulated["dataset"]
     synthetic = SyntheticIndoor(num_train=1, num_val=1).info
