@@ -14,6 +14,7 @@ import gin
 import torch
 
 from bench import timing
+from bench.errors import DataError
 from bench.fingerprint import fingerprint
 from bench.seeding import derive_seed, torch_seeded
 from datasets.types import Detections, Scene
@@ -103,6 +104,9 @@ class _Finetune:
         labelled = self.protocol.labelled_points if self.protocol.uses_point_labels else None
         data = SceneSamples(scenes, self.num_points, self.tokenizer, step_seed, augment=self.augment,
                             max_rotation=rotation, indices=self.protocol.scene_indices(scenes), labelled=labelled)
+        if len(data) == 0:
+            raise DataError(f"{name}: no training scene in {info.name} ({len(scenes)} in the split, "
+                            f"{self.protocol.description}); expected at least one")
         groups = self.param_groups(model)
         single = len(groups) == 1 and groups[0]["lr_scale"] == 1.0
         history = train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", step_seed,

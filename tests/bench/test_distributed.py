@@ -153,7 +153,7 @@ def test_table_end_to_end_under_torchrun(tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["world_size"] == "2"
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert all("synthetic/seg/mIoU" in c.data.metrics for c in children)
 
 

@@ -107,11 +107,16 @@ def test_a_changed_metric_code_is_never_answered_from_the_cache(straight, tmp_pa
 
 
 def test_a_failing_row_in_a_worker_fails_its_run_in_one_line(tmp_path):
-    with pytest.raises(HarnessError, match="no frame of synthetic/train"):
-        _run(tmp_path, ["Experiment.workers = 2", "SyntheticIndoor.num_train = 0",
+    with pytest.raises(HarnessError, match="no frame of synthetic/pretrain"):
+        _run(tmp_path, ["Experiment.workers = 2", "SyntheticIndoor.num_pretrain = 0",
                         "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}"])
     client = MlflowClient(default_tracking_uri(tmp_path))
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert failed and any("no frame" in r.data.tags.get("error", "") for r in failed)
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_an_empty_training_split_fails_in_one_line(tmp_path):
+    with pytest.raises(HarnessError, match="finetune/seg: no training scene in synthetic"):
+        _run(tmp_path, ["SyntheticIndoor.num_train = 0", "Experiment.rows = {'none': @none/FinetuneRow}"])
