@@ -25,6 +25,7 @@ import gin
 import numpy as np
 import torch
 
+from bench.checks import check_integer
 from methods.tokenizers.sampling import segment_fps
 from methods.tokenizers.token_set import TokenSet, build_token_set, check_inputs, compact_ids
 
@@ -69,8 +70,8 @@ class SamGuidedTokenizer:
         unassigned: str = "knn",
         min_region_points: int = 1,
     ):
-        if num_tokens < 1 or group_size < 1:
-            raise ValueError(f"num_tokens, group_size: expected >= 1, got {num_tokens}, {group_size}")
+        check_integer("SamGuidedTokenizer.num_tokens", num_tokens, 1)
+        check_integer("SamGuidedTokenizer.group_size", group_size, 1)
         if unassigned not in UNASSIGNED_POLICIES:
             raise ValueError(f"unassigned: expected one of {UNASSIGNED_POLICIES}, got {unassigned!r}")
         if min_region_points < 1:
