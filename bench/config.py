@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import importlib.util  # noqa: F401  gin's include error path uses importlib.util without importing it
 import inspect
+import os
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
@@ -72,8 +73,6 @@ def check_gin_import(statement: gin.config_parser.ImportStatement) -> None:
 
 def _include_path(config_file: str) -> str:
     """The file gin reads for ``config_file`` (it tries its search prefixes in order), resolved."""
-    import os
-
     prefixes = [""] if os.path.isabs(config_file) else gin.config._LOCATION_PREFIXES
     for prefix in prefixes:
         candidate = os.path.join(prefix, config_file)

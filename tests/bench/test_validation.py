@@ -79,15 +79,11 @@ def test_a_broken_dinov2_directory_is_one_line_naming_the_file_before_any_work(t
     assert expected in message and "dinov2" in message
 
 
-def test_a_complete_dinov2_directory_passes():
+def test_a_complete_dinov2_directory_passes(tmp_path):
     from methods.teachers import Dinov2Teacher
 
-    import tempfile
-    import pathlib
-
-    with tempfile.TemporaryDirectory() as root:
-        teacher = Dinov2Teacher(str(_dinov2(pathlib.Path(root) / "d")), device="cpu")
-        assert teacher.dim == 8 and teacher.patch_size == 14
+    teacher = Dinov2Teacher(str(_dinov2(tmp_path / "d")), device="cpu")
+    assert teacher.dim == 8 and teacher.patch_size == 14
 
 
 def test_tokens_that_would_repeat_most_of_their_points_are_warned_about(capsys):
