@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from bench.checks import check_integer
 from methods.tokenizers.sampling import segment_fps, segment_fps_seeds
 from methods.tokenizers.token_set import TokenSet, build_token_set, check_inputs, compact_ids
 
@@ -126,8 +127,8 @@ class SamGuidedTokenizer:
         split: str = "nearest_seed",
         center: str = "sampled",
     ):
-        if num_tokens < 1 or group_size < 1:
-            raise ValueError(f"num_tokens, group_size: expected >= 1, got {num_tokens}, {group_size}")
+        check_integer("SamGuidedTokenizer.num_tokens", num_tokens, 1)
+        check_integer("SamGuidedTokenizer.group_size", group_size, 1)
         if unassigned not in UNASSIGNED_POLICIES:
             raise ValueError(f"unassigned: expected one of {UNASSIGNED_POLICIES}, got {unassigned!r}")
         if min_region_points < 1:

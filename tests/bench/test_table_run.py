@@ -66,13 +66,22 @@ def test_the_table_is_written_with_paper_numbers_and_conventions(table4):
     assert (folder / "table4_pretrain_loss.png").stat().st_size > 0
 
 
-def test_a_second_invocation_reuses_every_cached_stage(table4):
-    results, _, first_time = table4
+def _convention(folder, name: str) -> str:
+    return next(line for line in (folder / "table4.md").read_text().splitlines() if line.startswith(f"- {name}: "))
+
+
+def test_a_second_invocation_reuses_every_cached_stage_and_reports_what_they_cost(table4):
+    results, first, first_time = table4
     before = _checkpoints(results)
     gin.clear_config()
     parse_config(["tables/table4_smoke.gin"], ["Experiment.seeds = 2"])
-    Experiment().run(results)
+    second = Experiment().run(results)
     assert _checkpoints(results) == before  # no stage, pretraining or fine-tuning, was trained again
+    # The table reports this invocation's wall time and the compute of every step it used, whichever
+    # invocation made them: the same as the first's, though this one computed nothing.
+    assert "(this invocation)" in _convention(second, "wall_time")
+    assert _convention(second, "compute") == _convention(first, "compute")
+    assert "every step the table used" in _convention(first, "compute")
 
 
 def test_an_interrupted_table_continues_where_it_stopped(tmp_path):
