@@ -28,6 +28,7 @@ from datasets.synthetic import SyntheticIndoor
 from methods.encoder import DecoderSpec, EncoderSpec
 from methods.finetune import DetectionFinetune, FinetuneRow, SegmentationFinetune
 from methods.masks import ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource
+from methods.protocols import LimitedReconstructions, LinearProbe
 from methods.objectives import Bridge3DStyle, DistillationWithMTP, MaskedTokenPrediction, PointMAE, RegionDistillation
 from methods.pretrain import PretrainRow, PretrainStage
 from methods.reweighting import GroupBalancing
@@ -111,7 +112,11 @@ def _variants(files) -> dict[tuple[type, str], list]:
         ("sampler",): [RandomSampler()],
         ("projection_hidden",): [8],
         ("init_student",): ["scratch"],
-        ("protocol",): ["probe"],
+        ("protocol",): [LimitedReconstructions(percent=10)],
+        (FinetuneRow, "protocols"): [[SegmentationFinetune(KnnTokenizer(), protocol=LinearProbe())]],
+        (SamGuidedTokenizer, "budget"): ["proportional"],
+        (SamGuidedTokenizer, "split"): ["knn"],
+        (SamGuidedTokenizer, "center"): ["all"],
         ("unassigned",): ["drop"],
         ("device",): ["cuda"],
         ("embed_norm",): ["layer"],
@@ -248,9 +253,9 @@ def _figure_arguments() -> dict[str, tuple[dict, dict]]:
     table = pd.DataFrame({"row": ["a"], "column": ["d/seg/mIoU"], "mean": [1.0]})
     label = {"simulation": True}
     return {
-        "plot_ablation": ({"table": table, "spec": spec, "conventions": label, "alpha": 0.05},
+        "plot_ablation": ({"table": table, "spec": spec, "conventions": label},
                           {"table": table.assign(mean=[2.0]), "spec": dataclasses.replace(spec, name="u"),
-                           "conventions": {"simulation": False}, "alpha": 0.01}),
+                           "conventions": {"simulation": False}}),
         "plot_class_iou_vs_frequency": (
             {"per_class": {"a": {"wall": 50.0}}, "class_frequency": {"wall": 10}, "title": "x", "conventions": label},
             {"per_class": {"a": {"wall": 51.0}}, "class_frequency": {"wall": 11}, "title": "y",
