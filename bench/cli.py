@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, clock)
     finally:
-        mlflow_store.shutdown()  # the helper finishes the writes already sent (KILLED statuses included)
+        try:
+            mlflow_store.shutdown()  # the helper finishes the writes already sent (KILLED statuses included)
+        except Exception as e:  # e.g. a write that failed on a full disk: said once, in one line
+            print(f"error: MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:

@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import importlib.util  # noqa: F401  gin's include error path uses importlib.util without importing it
 import inspect
+import os
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,41 @@ def check_gin_import(statement: gin.config_parser.ImportStatement) -> None:
                                f"({', '.join(PROJECT_PACKAGES)}), since an import runs the module's code; {hint}")
 
 
+def _include_path(config_file: str) -> str:
+    """The file gin reads for ``config_file`` (it tries its search prefixes in order), resolved."""
+    prefixes = [""] if os.path.isabs(config_file) else gin.config._LOCATION_PREFIXES
+    for prefix in prefixes:
+        candidate = os.path.join(prefix, config_file)
+        if os.path.isfile(candidate):
+            return os.path.realpath(candidate)
+    return config_file
+
+
+@contextlib.contextmanager
+def _include_cycles_refused() -> Iterator[None]:
+    # gin's parse_config calls the module-level parse_config_file for every include statement: wrapping
+    # it sees the chain of open files, so a cycle is one line instead of a RecursionError.
+    original = gin.config.parse_config_file
+    chain: list[str] = []
+
+    def parse_config_file(config_file, *args, **kwargs):
+        path = _include_path(config_file)
+        if path in chain:
+            cycle = " -> ".join(_short_path(p) for p in [*chain[chain.index(path):], path])
+            raise HarnessError(f"gin include cycle: {cycle} (a file includes itself through the others)")
+        chain.append(path)
+        try:
+            return original(config_file, *args, **kwargs)
+        finally:
+            chain.pop()
+
+    gin.config.parse_config_file = parse_config_file
+    try:
+        yield
+    finally:
+        gin.config.parse_config_file = original
+
+
 @contextlib.contextmanager
 def _imports_checked(allow: bool) -> Iterator[None]:
     # Every import statement gin parses, in a file, in a file reached by include (each include is parsed in
@@ -101,10 +137,10 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
     import bench.registry  # noqa: F401  registers every component with gin
 
     paths = [resolve_gin_file(name) for name in gin_files]
-    with _includes_relative_to_gin_dir(), _imports_checked(allow_imports):
+    with _includes_relative_to_gin_dir(), _imports_checked(allow_imports), _include_cycles_refused():
         for name, path in zip(gin_files, paths):
             try:
-                gin.parse_config_file(str(path))
+                gin.config.parse_config_file(str(path))  # the wrapper _include_cycles_refused installs
             except Exception as e:  # gin raises ValueError, OSError, SyntaxError, TokenError...
                 raise HarnessError(describe_gin_error(e, source=name)) from None
         for binding in bindings:
@@ -135,6 +171,8 @@ _LOCATION = re.compile(r'In file "([^"]+)", line (\d+)')
 _NO_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'")
 _NO_PARAMETER = re.compile(r"Configurable '([\w./]+)' doesn't have a parameter named '(\w+)'")
 _MISSING_FILE = re.compile(r"Unable to open file: (\S+?)\.? Searched")
+_IN_CALL = re.compile(r"In call to configurable '([\w.]+)' \(.*?\)(?: in scope '([\w/.]+)')?")
+_PARAMETER_FIRST = re.compile(r"(\w+)\s*[:=]")
 
 
 def describe_gin_error(error: BaseException, source: str) -> str:
@@ -154,7 +192,21 @@ def describe_gin_error(error: BaseException, source: str) -> str:
         return f"{where}: {first}{_did_you_mean(parameter, parameter_names(configurable))}"
     if isinstance(error, SyntaxError) or type(error).__name__ == "TokenError":
         return f"{where}: cannot parse gin statement ({first})"
+    if match := _IN_CALL.search(text):  # raised while gin built a component: name it and its parameter
+        return f"{where}: {_name_the_component(first, *match.groups())}"
     return f"{where}: {first}"
+
+
+def _name_the_component(message: str, configurable: str, scope: str | None) -> str:
+    """``message`` (an error a component's constructor raised) with the component's name in front of the
+    parameter it starts with, or after it; and the gin scope it was built in."""
+    name = configurable.split(".")[-1]
+    in_scope = f" (in gin scope {scope!r})" if scope else ""
+    if message.startswith(f"{name}.") or message.startswith(f"{name}:"):
+        return f"{message}{in_scope}"
+    if (match := _PARAMETER_FIRST.match(message)) and match.group(1) in parameter_names(configurable):
+        return f"{name}.{message}{in_scope}"
+    return f"{message} (in {name}, gin scope {scope!r})" if scope else f"{message} (in {name})"
 
 
 def _short_path(file: str) -> str:

@@ -1,8 +1,10 @@
 """Content fingerprints of configured components, for keying on-disk caches.
 
 A component's fingerprint covers its type and its public state (attributes not starting with ``_``,
-where components keep loaded models and other caches), recursively; arrays and tensors by the hash of
-their bytes. Two components configured the same way get the same fingerprint in any process.
+where components keep loaded models and other caches), recursively; arrays, tensors and pandas tables
+by their contents. Two components configured the same way get the same fingerprint in any process.
+A component must therefore keep every constructor parameter that changes what it computes in its public
+state (``tests/bench/test_cache_keys.py`` changes each one and checks the fingerprint changes).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def describe(obj: Any, _depth: int = 0) -> Any:
         array = np.ascontiguousarray(obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj)
         return {"array": hashlib.sha256(array.tobytes()).hexdigest(), "dtype": str(array.dtype),
                 "shape": list(array.shape)}
+    if type(obj).__module__.startswith("pandas") and hasattr(obj, "to_csv"):  # a table's figures
+        return {"type": type(obj).__name__, "csv": obj.to_csv()}
     if isinstance(obj, (list, tuple)):
         return [describe(v, _depth + 1) for v in obj]
     if isinstance(obj, dict):

@@ -88,6 +88,23 @@ class MlflowStore:
         return [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time or 0,
                  "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)} for r in runs]
 
+    def running_runs(self) -> list[dict]:
+        """Every RUNNING run of every experiment: run_id and tags."""
+        experiments = [e.experiment_id for e in self._client.search_experiments()]
+        runs, token = [], None
+        while experiments:
+            page = self._client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
+                                            max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return [{"run_id": r.info.run_id, "tags": dict(r.data.tags)} for r in runs]
+
+    def run_status(self, run_id: str) -> str:
+        """A run's status (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self._client.get_run(run_id).info.status
+
     def run_data(self, run_id: str) -> dict:
         """A run's tags and latest metric values."""
         run = self._client.get_run(run_id)
@@ -109,6 +126,7 @@ def as_store(tracking: str | MlflowStore | StoreProxy) -> MlflowStore | StorePro
 # --- the helper process
 
 _NO_REPLY = ("log_batch", "set_terminated")
+_FULL_DISK = ("database or disk is full", "No space left on device", "Disk quota exceeded")
 _helper: StoreProxy | None = None
 
 
@@ -167,6 +185,9 @@ class StoreProxy:
         except (EOFError, OSError, BrokenPipeError):
             raise HarnessError("the MLflow helper process ended unexpectedly") from None
         if error is not None:
+            if any(sign in error for sign in _FULL_DISK):
+                raise HarnessError(f"MLflow store {self.uri}: {error} (the disk is full: free space or choose "
+                                   "another --results_dir)")
             raise RuntimeError(error)
         return result
 

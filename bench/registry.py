@@ -20,6 +20,7 @@ import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, Classi
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
 import methods.objectives  # noqa: F401  RegionDistillation, MaskedTokenPrediction, DistillationWithMTP, PointMAE, Bridge3DStyle
 import methods.pretrain  # noqa: F401  PretrainStage, PretrainRow
+import methods.protocols  # noqa: F401  FullFinetune, LinearProbe, LimitedReconstructions, LimitedAnnotations
 import methods.reweighting  # noqa: F401  GroupBalancing
 import methods.teachers  # noqa: F401  Dinov2Teacher, SimulatedTeacher
 import methods.tokenizers  # noqa: F401  KnnTokenizer, SamGuidedTokenizer, ExactFPS, ...

@@ -9,37 +9,48 @@ import os
 import pathlib
 import platform
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from bench.fingerprint import fingerprint
-from bench.io import atomic_write_bytes
+from bench.io import CorruptCacheFile, atomic_write_bytes, read_cache_file, write_cache_file
 from bench.mlflow_store import as_store
 from bench.summary import finite_mean
 from bench.tables import TableSpec, build_table, load_paper_table, records_from_mlflow, simulation_label, write_table
 
 
-def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float) -> dict:
-    """What every table prints under itself: checkpoint rule, seeds, profile, data, teacher, masks, machine."""
+def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float,
+                compute_s: float | None = None) -> dict:
+    """What every table prints under itself: checkpoint rule, seeds, profile, data, teacher, masks, machine,
+    this invocation's wall time and (``compute_s``) the compute of every step the table used, summed
+    over the steps whichever invocation made them (a resumed or cached table still says what it cost)."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     pretraining = notes.get("pretraining data", "")
     simulated = info.name == "synthetic" or pretraining.startswith("synthetic/")
     dataset = f"{info.name} (simulation)" if info.name == "synthetic" else info.name
-    if pretraining and pretraining.split("/")[0] != info.name:  # e.g. the paper's ScanNet frames for S3DIS
+    if pretraining:  # e.g. the unlabelled synthetic/pretrain rooms, or the paper's ScanNet frames for S3DIS
         dataset += f"; pretraining frames: {pretraining}"
     return {
         "checkpoint": "last epoch (no selection on the evaluation split)",
-        "seeds": ", ".join(str(s) for s in seeds),
+        "seeds": ", ".join(str(s) for s in seeds) + " (a seed draws the pretraining and fine-tuning randomness: "
+                 "initialisation, data order, augmentation, tokens, masks; rows share their draws; protocol "
+                 "subsets and the data are fixed)",
         "profile": profile,
         "dataset": dataset,
         "teacher": notes.get("teacher", "none (no row pretrains)"),
         "masks": notes.get("masks", "none (no row pretrains)"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}",
-        "wall_time": f"{wall_time_s / 60:.1f} min",
+        "wall_time": f"{_minutes(wall_time_s)} (this invocation)",
+        **({"compute": f"{_minutes(compute_s)} (every step the table used, summed over the steps, "
+                       f"whichever invocation made them)"} if compute_s is not None else {}),
         "simulation": simulated,
     }
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id: str,
@@ -55,25 +66,21 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
     paper = load_paper_table(spec.paper_table) if spec.paper_table else None
     table = build_table(records, spec, paper)
     paths = list(write_table(folder, table, spec, convention))
-    label = simulation_label(convention)  # all the figures read of the conventions
-    paths.append(_figure(figure_cache, folder / f"{spec.name}_ablation.png",
-                         lambda path, c: _plots().plot_ablation(table, spec, path, c),
-                         table.to_csv(index=False), spec, label))
+    # The simulation label is all the figures read of the conventions.
+    label = {"simulation": bool(simulation_label(convention))}
+    paths.append(_figure(figure_cache, folder / f"{spec.name}_ablation.png", "plot_ablation",
+                         table=table, spec=spec, conventions=label))
     per_class = _per_class_iou(records)
     if per_class and class_counts:
-        title = f"{spec.name}: per-class IoU vs training frequency"
-        paths.append(_figure(figure_cache, folder / f"{spec.name}_class_iou.png",
-                             lambda path, c: _plots().plot_class_iou_vs_frequency(per_class, class_counts, path, title, c),
-                             per_class, class_counts, title, label))
+        paths.append(_figure(figure_cache, folder / f"{spec.name}_class_iou.png", "plot_class_iou_vs_frequency",
+                             per_class=per_class, class_frequency=class_counts,
+                             title=f"{spec.name}: per-class IoU vs training frequency", conventions=label))
     run_ids = [r["run_id"] for r in records]
     for stage in ("pretrain", "finetune"):
         curves = loss_curves_from_mlflow(store, run_ids, prefix=f"{stage}/")
         if curves:
-            title = f"{spec.name}: {stage} loss"
-            paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png",
-                                 lambda path, c, curves=curves, title=title:
-                                 _plots().plot_loss_curves(curves, path, title, conventions=c),
-                                 curves, title, label))
+            paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png", "plot_loss_curves",
+                                 curves=curves, title=f"{spec.name}: {stage} loss", conventions=label))
     return paths
 
 
@@ -84,17 +91,27 @@ def _plots():
     return ablation
 
 
-def _figure(cache: pathlib.Path | None, path: pathlib.Path, draw: Callable[[pathlib.Path, dict], pathlib.Path],
-            *inputs) -> pathlib.Path:
-    """``draw(path, conventions)``, or a copy of the figure drawn before from the same ``inputs`` (the
-    last one is the simulation label, the only convention a figure shows)."""
-    convention = {"simulation": bool(inputs[-1])}
+def figure_key(name: str, plot: str, arguments: dict) -> str:
+    """The content key of a figure: its file name, the plotting code and every argument of the call."""
+    return fingerprint(name, _plot_code_fingerprint(), plot, arguments)
+
+
+def _figure(cache: pathlib.Path | None, path: pathlib.Path, plot: str, **arguments) -> pathlib.Path:
+    """``bench.plots.ablation.<plot>(path=path, **arguments)``, or a copy of the figure drawn before by
+    the same call (``figure_key``); a cached figure that fails its checksum is drawn again."""
     if cache is None:
-        return draw(path, convention)
-    cached = cache / f"{path.stem}-{fingerprint(path.name, _plot_code_fingerprint(), *inputs)}.png"
-    if not cached.is_file():
-        draw(cached, convention)
-    return atomic_write_bytes(path, cached.read_bytes())
+        return getattr(_plots(), plot)(path=path, **arguments)
+    cached = cache / f"{path.stem}-{figure_key(path.name, plot, arguments)}.png"
+    try:
+        data, _ = read_cache_file(cached)
+        return atomic_write_bytes(path, data)
+    except FileNotFoundError:
+        pass
+    except CorruptCacheFile as e:
+        print(f"warning: cached figure {e}; drawing it again")
+    getattr(_plots(), plot)(path=path, **arguments)
+    write_cache_file(cached, path.read_bytes())
+    return path
 
 
 def _plot_code_fingerprint() -> str:

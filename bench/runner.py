@@ -1,9 +1,11 @@
 """The experiment runner: rows x seeds, fitted on the train split, scored on the evaluation split.
 
-Reads top to bottom: check where results go and reach the tracking store, build every row (so a bad
-component fails before any work), open the parent run, run every row and seed -- here, or in parallel
-worker processes (``bench.workers``) -- each as its own child run, write the results folder atomically,
-log it, print the summary. Under torchrun every rank runs the rows (training is sharded, see
+Reads top to bottom: check where results go, build and validate every row (``bench.validation``: a bad
+component, value or input file fails before any work), reach the tracking store (under a lock on the
+results folder, so that two invocations starting at once share it; runs of a killed invocation are
+marked KILLED there, ``bench.owners``), open the parent run, run every row and seed -- here, or in
+parallel worker processes (``bench.workers``) -- each as its own child run, write the results folder
+atomically, log it, print the summary. Under torchrun every rank runs the rows (training is sharded, see
 ``bench.distributed``); rank 0 alone evaluates, talks to MLflow and writes the results folder.
 """
 from __future__ import annotations
@@ -20,14 +22,18 @@ from typing import Any
 
 import gin
 
-from bench import distributed, progress, summary, timing
+from bench import distributed, owners, progress, steps, summary, timing
+from bench.checks import check_integer
 from bench.config import config_bindings
 from bench.errors import HarnessError
 from bench.fingerprint import fingerprint
-from bench.io import atomic_write_json, atomic_write_text, check_writable_dir
+from bench.io import (CorruptCacheFile, atomic_write_json, atomic_write_text, check_writable_dir, json_bytes,
+                      read_cache_file, write_cache_file)
+from bench.locks import step_lock
 from bench.provenance import provenance_tags
 from bench.seeding import seed_everything
 from bench.tracking import NullRun, NullTracker, RecordingRun, RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from bench.validation import validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
 
@@ -60,10 +66,15 @@ class Experiment:
                  seeds: int = 1, base_seed: int = 0, tracking_uri: str | None = None,
                  train_split: str = "train", eval_split: str = "val", table=None, profile: str = "custom",
                  workers: int | str = 1, torch_threads: int = 1):
-        if seeds < 1:
-            raise ValueError(f"Experiment.seeds must be >= 1, got {seeds}")
-        if not rows:
-            raise ValueError("Experiment.rows is empty: give at least one row")
+        check_integer("Experiment.seeds", seeds, 1)
+        check_integer("Experiment.base_seed", base_seed, 0)
+        if not isinstance(rows, Mapping) or not rows:
+            raise ValueError(f"Experiment.rows: expected a non-empty dict of row name -> row, got {rows!r}")
+        if not isinstance(tasks, Sequence) or not tasks:
+            raise ValueError(f"Experiment.tasks: expected a non-empty list of tasks, got {tasks!r}")
+        for what, split in (("train_split", train_split), ("eval_split", eval_split)):
+            if not isinstance(split, str) or not split:
+                raise ValueError(f"Experiment.{what}: expected a split name, got {split!r}")
         if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
             raise ValueError(f"Experiment.workers: expected an integer >= 1 or 'auto', got {workers!r}")
         if not (isinstance(torch_threads, int) and torch_threads >= 1):
@@ -82,6 +93,7 @@ class Experiment:
         self.table = table
         self.profile = profile
         self._notes: dict[str, str] = {}
+        self._steps: dict[str, float] = {}  # the cached steps the rows used -> their compute seconds
 
     def run(self, results_dir: str | os.PathLike) -> pathlib.Path | None:
         """Run every row and seed; return the results folder of this invocation (None on torchrun
@@ -90,14 +102,9 @@ class Experiment:
         #     torchrun rank with the same one-line message)
         with distributed.main_first():
             results_dir = check_writable_dir(results_dir)
-        # --- every row is built once now, so a component that cannot be built fails before any training
-        for row, factory in self.rows.items():
-            try:
-                factory()
-            except HarnessError:
-                raise
-            except Exception as e:
-                raise HarnessError(f"row {row!r} cannot be built: {type(e).__name__}: {e}") from None
+        # --- every row is built and checked now (values, splits, input files), so that a bad one fails
+        #     before any training
+        validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
         config_text = gin.config_str()
         jobs = self._jobs(results_dir)
         workers = resolve_workers(self.workers, len(jobs), self.torch_threads, _uses_accelerator(),
@@ -107,24 +114,47 @@ class Experiment:
         # before it is reached.
         with WorkerPool(config_text, workers, self.torch_threads) if workers > 1 else contextlib.nullcontext() as pool:
             try:
-                # --- the tracking store, also checked before any work
-                with distributed.main_first():
-                    uri = resolve_tracking_uri(self.tracking_uri, results_dir)
-                    embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
-                    tracker = (Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None)
-                               if distributed.is_main() else NullTracker())
-                    tracker.connect()
                 if not distributed.is_main():
+                    with distributed.main_first():  # rank 0 reaches the tracking store first
+                        pass
                     # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
-                    self._run_rows(tracker, NullRun(self.name), results_dir, jobs, pool)
+                    self._run_rows(NullTracker(), NullRun(self.name), results_dir, jobs, pool)
                     return None
-                return self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool)
+                with owners.Owner(results_dir) as owner:
+                    with distributed.main_first():
+                        tracker, uri = self._connect(results_dir, owner)
+                    # Every status is written before the owner's lock is let go (bench.owners).
+                    try:
+                        final = self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool)
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # the error in flight says more
+                            tracker.flush()
+                        raise
+                    tracker.flush()
+                    return final
             finally:
                 _set_torch_threads(threads)
 
+    def _connect(self, results_dir: pathlib.Path, owner: owners.Owner) -> tuple[Tracker, str]:
+        """Reach the tracking store (also checked before any work) and end the runs of killed invocations.
+
+        The embedded store under a lock on the results folder: two invocations starting at once on a
+        fresh folder would otherwise both create its database (and the experiment) and one would fail.
+        The second waits for the first to have done so, then both proceed, sharing the cached steps.
+        """
+        uri = resolve_tracking_uri(self.tracking_uri, results_dir)
+        embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+        tracker = Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None,
+                          run_tags=owner.tags)
+        with step_lock(results_dir / "locks" / "mlflow.lock") if embedded else contextlib.nullcontext():
+            tracker.connect()
+            for line in owners.sweep(tracker.store, results_dir, owner):
+                print(line, flush=True)
+        return tracker, uri
+
     def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str,
                           jobs: list[tuple[str, int]], pool) -> pathlib.Path:
-        started = time.time()
+        started, self._steps = time.time(), {}
         # --- parent run; everything is written to a staging folder renamed into place at the end
         tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
                 "base_seed": str(self.base_seed), "world_size": str(distributed.world_size()),
@@ -133,13 +163,15 @@ class Experiment:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
             final = results_dir / self.name / stamp
             staging = final.with_name(f".{stamp}.partial")
+            parent.set_tags({owners.STAGING_TAG: str(staging)})  # removed by the next invocation if killed
             try:
                 parent.log_params(config_bindings(config_text))
                 atomic_write_text(staging / "config.gin", config_text)
                 records = self._run_rows(tracker, parent, results_dir, jobs, pool)
                 with timing.span("tables and plots"):
                     if self.table is not None:
-                        self._write_report(staging, tracker.store, parent.run_id, results_dir, time.time() - started)
+                        self._write_report(staging, tracker.store, parent.run_id, results_dir, time.time() - started,
+                                       sum(self._steps.values()))
                     self._write_results(staging, records, config_text, parent)
                 os.replace(staging, final)
             finally:
@@ -173,12 +205,14 @@ class Experiment:
                     outcome.recording.replay_into(child)
                 outcome.recording.run_id = child.run_id
                 outcomes[(row, seed)] = outcome
+                self._steps.update(outcome.steps)
                 table.finished(outcome.label, outcome.seconds)
         else:
             print(f"{self.name}: {len(jobs)} rows x seeds in {pool.workers} worker processes "
                   f"({self.torch_threads} torch thread{'s' if self.torch_threads > 1 else ''} each)", flush=True)
             for outcome in _timed(pool.run(jobs, results_dir), "waiting for worker processes"):
                 timing.merge(outcome.timings)
+                self._steps.update(outcome.steps)
                 tags = {"row": outcome.row, "seed": str(outcome.seed)}
                 if outcome.error_type:
                     tracker.replay(outcome.recording, {**tags, "error": outcome.error[:500]}, parent,
@@ -204,19 +238,19 @@ class Experiment:
         seed_everything(seed)  # for rows that draw from the global generators; steps seed themselves
         notes: dict[str, str] = {}
         context = self._context(row, seed, results_dir, recording, notes)
-        with progress.job(f"{row} seed={seed}"):
+        with progress.job(f"{row} seed={seed}"), steps.collecting() as used:
             metrics = self.rows[row]().run(context)
         recording.log_metrics(metrics)
         return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
-                          clock.seconds)
+                          clock.seconds, steps=used)
 
     def _write_report(self, folder: pathlib.Path, store, parent_run_id: str, results_dir: pathlib.Path,
-                      wall_time_s: float) -> None:
+                      wall_time_s: float, compute_s: float) -> None:
         from bench import report  # matplotlib, pandas and scipy.stats: paid only by runs that build a table
 
         info = self.dataset.info
         seeds = list(range(self.base_seed, self.base_seed + self.seeds))
-        convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s)
+        convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s, compute_s)
         counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, results_dir / "cache"),
                                            info.seg_classes)
         report.write_report(folder, self.table, store, parent_run_id, counts, convention,
@@ -257,22 +291,28 @@ class RowContext:
     tracking_run: RunHandle | RecordingRun | NullRun
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. teacher / masks, for tables
     _logged: list = dataclasses.field(default_factory=list, repr=False)
+    _evaluation_seconds: float = dataclasses.field(default=0.0, repr=False)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log intermediate values (e.g. loss curves) to the row's child run."""
         self._logged.append((step, dict(metrics)))
         self.tracking_run.log_metrics(metrics, step)
 
-    def cached_result(self, parts: Any, compute: Callable[[], Mapping[str, float]]) -> dict[str, float]:
-        """The row's metrics -- with the curves it logged and the notes it added -- read from
-        ``<cache>/results/<key>.json`` when every step that produced them is unchanged, else ``compute()``
-        (whose outcome is then stored). The key covers ``parts`` (the row's step keys), the seed, the
-        evaluation scenes, the tasks and the source of the metric code, so a changed metric convention
-        is never answered from the cache. A re-run of a finished row thus loads no model at all.
-        """
+    def result_key(self, parts: Any) -> str:
+        """The content key of a row result: ``parts`` (the row's step keys), the seed, the evaluation
+        scenes, the tasks and the source of the metric code."""
         tasks = [make_task() for make_task in self.task_factories]
         eval_folder = self.scene_folder(self.eval_split).name
-        key = fingerprint(parts, self.seed, eval_folder, tasks, metric_code_fingerprint())
+        return fingerprint(parts, self.seed, eval_folder, tasks, metric_code_fingerprint())
+
+    def cached_result(self, parts: Any, compute: Callable[[], Mapping[str, float]]) -> dict[str, float]:
+        """The row's metrics -- with the curves it logged, the notes it added and the steps it used --
+        read from ``<cache>/results/<key>.json`` when every step that produced them is unchanged, else
+        ``compute()`` (whose outcome is then stored). The key (``result_key``) covers the metric code, so a
+        changed metric convention is never answered from the cache. A re-run of a finished row thus loads
+        no model at all; a stored result that fails its checksum is computed again, with a warning.
+        """
+        key = self.result_key(parts)
         path = self.cache_root / "results" / f"{key}.json"
         saved = read_cached_result(path)
         if saved is not None:
@@ -280,13 +320,17 @@ class RowContext:
                 self.log_metrics(metrics, step)
             for name, value in saved["notes"].items():
                 self.notes.setdefault(name, value)
+            steps.used_all(saved["steps"])
             progress.step("evaluation", "read from the cache (every step of the row is unchanged)")
             return saved["metrics"]
         notes_before, logged_before = dict(self.notes), len(self._logged)
-        metrics = dict(compute())
+        with steps.collecting() as used:
+            metrics = dict(compute())
+            steps.used(f"results/{key}", self._evaluation_seconds)
         if distributed.is_main():
-            atomic_write_json(path, {"metrics": metrics, "series": self._logged[logged_before:],
-                                     "notes": {k: v for k, v in self.notes.items() if k not in notes_before}})
+            record = {"metrics": metrics, "series": self._logged[logged_before:], "steps": used,
+                      "notes": {k: v for k, v in self.notes.items() if k not in notes_before}}
+            write_cache_file(path, json_bytes(record), self._evaluation_seconds)
         return metrics
 
     def scene_folder(self, split: str) -> pathlib.Path:
@@ -311,13 +355,20 @@ class RowContext:
         method.fit(self.scenes(self.train_split), self.dataset.info)
         return self.evaluate(method)
 
-    def evaluate(self, method) -> dict[str, float]:
+    def evaluate(self, method, suffix: str = "", tasks: set[str] | None = None) -> dict[str, float]:
         """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
-        the others return no metrics and wait for it at their next collective)."""
+        the others return no metrics and wait for it at their next collective).
+
+        ``tasks`` keeps only the tasks of those keys (``seg``, ``det``); ``suffix`` names a protocol in the
+        metric keys (``<dataset>/seg-<suffix>/mIoU``).
+        """
         if not distributed.is_main():
             return {}
         info = self.dataset.info
-        tasks = [make_task() for make_task in self.task_factories]
+        tasks = [task for task in (make_task() for make_task in self.task_factories) if tasks is None or task.key in tasks]
+        for task in tasks:
+            if suffix:
+                task.key = f"{task.key}-{suffix}"
         # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
         scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
         clock = timing.Stopwatch()
@@ -328,6 +379,7 @@ class RowContext:
             metrics: dict[str, float] = {}
             for task in tasks:
                 metrics.update(task.result(info))
+        self._evaluation_seconds += clock.seconds
         progress.step("evaluation", f"{len(scenes)} {info.name}/{self.eval_split} scenes in {progress.duration(clock.seconds)}")
         return metrics
 
@@ -340,16 +392,24 @@ def metric_code_fingerprint() -> str:
 
 
 def read_cached_result(path: pathlib.Path) -> dict | None:
-    """A stored row result, or None when absent or unreadable (then the row is computed again)."""
+    """A stored row result, or None when absent, changed since written or unreadable (then the row is
+    computed again; a changed or unreadable one with a warning)."""
     try:
-        saved = json.loads(path.read_text())
+        data, _ = read_cache_file(path)
+        saved = json.loads(data)
         nan = float("nan")
         return {"metrics": {k: nan if v is None else float(v) for k, v in saved["metrics"].items()},
                 "series": [(int(step), {k: nan if v is None else float(v) for k, v in values.items()})
                            for step, values in saved["series"]],
-                "notes": {str(k): str(v) for k, v in saved["notes"].items()}}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                "notes": {str(k): str(v) for k, v in saved["notes"].items()},
+                "steps": {str(k): float(v) for k, v in saved.get("steps", {}).items()}}
+    except FileNotFoundError:
         return None
+    except CorruptCacheFile as e:
+        print(f"warning: cached row result {e}; computing the row again")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        print(f"warning: cached row result {path} is unreadable ({type(e).__name__}); computing the row again")
+    return None
 
 
 def _timed(items, kind: str):

@@ -5,11 +5,14 @@
     write_table(folder, table, spec, conventions)               # <name>.csv / .md / .tex
 
 The table is tidy ("long"): one line per (row, column) with ``n, mean, std, delta, delta_std,
-n_paired, p_value, paper, paper_delta``. Renderers pivot it to one line per row. Statistics:
+n_paired, p_value, mdd, paper, paper_delta``. Renderers pivot it to one line per row. Statistics:
 ``std`` uses ddof=1 over the seeds with a finite value; ``delta`` is the difference of the row's and
 the baseline's means; ``p_value`` is a two-sided paired t-test (``scipy.stats.ttest_rel``) over the
 seeds where both rows have a finite value, NaN when fewer than two such seeds or when the paired
 differences have zero variance (the t statistic is undefined there, not infinitely significant).
+``mdd`` is the minimal detectable difference of that test with those seeds (``minimal_detectable_difference``):
+by default the half-width of the 95 % confidence interval of the mean paired difference, the smallest
+|delta| this design could have called significant; NaN with fewer than two paired seeds.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ CONVENTION_KEYS = ("checkpoint", "seeds", "profile", "dataset", "teacher", "mask
 SIMULATION_LABEL = "synthetic benchmark (simulation)"
 _GROUP_COLUMNS = ("detector", "backbone")  # how Tables 1-2 name their blocks
 COLUMNS = ("row", "paper_row", "column", "paper_column", "n", "mean", "std", "delta", "delta_std",
-           "n_paired", "p_value", "paper", "paper_delta")
+           "n_paired", "p_value", "mdd", "paper", "paper_delta")
 
 
 @gin.register
@@ -57,6 +60,12 @@ class TableSpec:
         ``'synthetic/det-groupfree/AP25': 'GroupFree3D'``): in that column a row's paper counterpart is
         ``<group>/<rows[row]>``, so one row can stand beside Table 1's 3DETR and GroupFree3D blocks.
       notes: conventions of this table, printed under it.
+      alpha: significance level of the two-sided paired t-test: the '*' marks and the minimal detectable
+        difference use it [choice: 0.05].
+      mdd_power: the power at which the minimal detectable difference (MDD) is stated. 0.5 (default) is
+        the half-width of the (1 - alpha) confidence interval of the mean paired difference: the smallest
+        |delta| the test could call significant with the seeds run. 0.8 is the common power-based MDD,
+        the true difference the test would detect 80 % of the time. See ``minimal_detectable_difference``.
     """
 
     name: str
@@ -67,6 +76,8 @@ class TableSpec:
     paper_columns: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     paper_groups: dict[str, str] = dataclasses.field(default_factory=dict)
+    alpha: float = 0.05
+    mdd_power: float = 0.5
 
     def __post_init__(self):
         if not self.rows or not self.columns:
@@ -77,6 +88,10 @@ class TableSpec:
             unknown = set(getattr(self, field)) - set(self.columns)
             if unknown:
                 raise ValueError(f"TableSpec {self.name!r}: {field} name columns not in columns: {sorted(unknown)}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"TableSpec {self.name!r}: alpha: expected 0 < alpha < 1, got {self.alpha}")
+        if not 0.5 <= self.mdd_power < 1.0:
+            raise ValueError(f"TableSpec {self.name!r}: mdd_power: expected 0.5 <= mdd_power < 1, got {self.mdd_power}")
 
     def paper_ref(self, row: str, column: str) -> str:
         """The paper row beside ``row`` in ``column``: ``rows[row]``, under ``paper_groups[column]`` if set."""
@@ -138,16 +153,33 @@ def _finite(values: Mapping) -> dict:
     return {s: float(v) for s, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
-def _paired(values: dict, base: dict) -> dict[str, float]:
-    """Paired comparison over the seeds both rows have: std of the differences and the t-test p-value."""
+def minimal_detectable_difference(diff_std: float, n: int, alpha: float = 0.05, power: float = 0.5) -> float:
+    """Smallest mean difference a two-sided paired t-test at ``alpha`` detects over ``n`` paired seeds.
+
+    MDD = (t_{1-alpha/2, n-1} + t_{power, n-1}) * s_d / sqrt(n), with s_d = ``diff_std`` the standard
+    deviation (ddof=1) of the paired differences. At ``power`` 0.5 (t = 0) this is the half-width of the
+    (1 - alpha) confidence interval of the mean difference: an observed |delta| below it cannot reach
+    p < alpha. NaN for n < 2 or a non-finite s_d; 0 when the differences are constant.
+    """
+    if n < 2 or not math.isfinite(diff_std):
+        return math.nan
+    from scipy import stats
+
+    t = stats.t.ppf(1.0 - alpha / 2.0, n - 1) + stats.t.ppf(power, n - 1)
+    return float(t * diff_std / math.sqrt(n))
+
+
+def _paired(values: dict, base: dict, alpha: float, power: float) -> dict[str, float]:
+    """Paired comparison over the seeds both rows have: std of the differences, t-test p-value, MDD."""
     seeds = sorted(set(values) & set(base), key=str)
-    out = {"n_paired": len(seeds), "delta_std": math.nan, "p_value": math.nan}
+    out = {"n_paired": len(seeds), "delta_std": math.nan, "p_value": math.nan, "mdd": math.nan}
     if len(seeds) < 2:
         return out
     a = np.array([values[s] for s in seeds])
     b = np.array([base[s] for s in seeds])
     diff = a - b
     out["delta_std"] = float(np.std(diff, ddof=1))
+    out["mdd"] = minimal_detectable_difference(out["delta_std"], len(seeds), alpha, power)
     # Constant differences: ttest_rel answers p=0 (or NaN); the variance estimate is zero, so no test.
     if out["delta_std"] > 1e-12 * max(1.0, float(np.abs(diff).max())):
         from scipy import stats
@@ -168,8 +200,9 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
     """Long table: one line per (row, column) of ``spec``, in its order (columns ``COLUMNS``).
 
     ``n`` counts seeds with a finite value; ``mean``/``std`` (ddof=1, NaN for n < 2) are over those;
-    ``delta`` = mean - baseline mean (0 on the baseline row); ``delta_std``, ``n_paired`` and the
-    two-sided paired ``p_value`` use seeds finite in both rows (see the module docstring for NaN);
+    ``delta`` = mean - baseline mean (0 on the baseline row); ``delta_std``, ``n_paired``, the
+    two-sided paired ``p_value`` and ``mdd`` (at ``spec.alpha`` and ``spec.mdd_power``; NaN on the
+    baseline row) use seeds finite in both rows (see the module docstring for NaN);
     ``paper``/``paper_delta``: the paper's value for the row's counterpart and its difference to the
     paper's counterpart of ``baseline_row``. Records of rows not in ``spec.rows`` are ignored.
     ``paper`` defaults to ``load_paper_table(spec.paper_table)``.
@@ -198,9 +231,10 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
             line = {"row": row, "paper_row": ref, "column": column, "paper_column": paper_column,
                     "n": n, "mean": mean, "std": std}
             if row == spec.baseline_row:
-                line.update(delta=0.0 if n else math.nan, delta_std=math.nan, n_paired=n, p_value=math.nan)
+                line.update(delta=0.0 if n else math.nan, delta_std=math.nan, n_paired=n, p_value=math.nan,
+                            mdd=math.nan)
             else:
-                line.update(delta=mean - base_mean, **_paired(values, base))
+                line.update(delta=mean - base_mean, **_paired(values, base, spec.alpha, spec.mdd_power))
             line["paper"], line["paper_delta"] = _paper_cells(paper, ref, paper_base, paper_column)
             lines.append(line)
     import pandas as pd
@@ -235,23 +269,32 @@ def _fmt(x: float, digits: int, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _cells(line: Mapping, is_base: bool, digits: int, alpha: float) -> tuple[str, str, str]:
+def _mdd_text(mdd: float, power: float, digits: int) -> str:
+    """The MDD as a Δ cell shows it: '(±m)' for the confidence-interval half-width, '(MDD m)' at other powers."""
+    if not math.isfinite(mdd):
+        return ""
+    return f" (±{_fmt(mdd, digits)})" if power == 0.5 else f" (MDD {_fmt(mdd, digits)})"
+
+
+def _cells(line: Mapping, is_base: bool, digits: int, spec: TableSpec) -> tuple[str, str, str]:
     """(ours, delta, paper) cell texts of one (row, column) line."""
     n = int(line["n"])
     ours = "–" if n == 0 else _fmt(line["mean"], digits) if n == 1 else \
         f"{_fmt(line['mean'], digits)} ± {_fmt(line['std'], digits)} ({n})"
     if is_base:
         delta = "base"
+    elif math.isfinite(line["delta"]):
+        marker = "*" if math.isfinite(line["p_value"]) and line["p_value"] < spec.alpha else ""
+        delta = _fmt(line["delta"], digits, sign=True) + marker + _mdd_text(line["mdd"], spec.mdd_power, digits)
     else:
-        marker = "*" if math.isfinite(line["p_value"]) and line["p_value"] < alpha else ""
-        delta = _fmt(line["delta"], digits, sign=True) + (marker if math.isfinite(line["delta"]) else "")
+        delta = _fmt(line["delta"], digits, sign=True)
     paper = _fmt(line["paper"], digits)
     if not is_base and math.isfinite(line["paper"]) and math.isfinite(line["paper_delta"]):
         paper += f" ({_fmt(line['paper_delta'], digits, sign=True)})"
     return ours, delta, paper
 
 
-def _grid(table: pd.DataFrame, spec: TableSpec, digits: int, alpha: float) -> tuple[list[str], list[list[str]]]:
+def _grid(table: pd.DataFrame, spec: TableSpec, digits: int) -> tuple[list[str], list[list[str]]]:
     """Header and body of the wide view: per column, ours | delta | paper (delta)."""
     with_paper = bool(spec.paper_table)
     show_ref = with_paper and any(ref != row for row, ref in spec.rows.items())
@@ -263,17 +306,36 @@ def _grid(table: pd.DataFrame, spec: TableSpec, digits: int, alpha: float) -> tu
     for row, ref in spec.rows.items():
         cells = [row] + ([ref or "–"] if show_ref else [])
         for column in spec.columns:
-            ours, delta, paper = _cells(index[(row, column)], row == spec.baseline_row, digits, alpha)
+            ours, delta, paper = _cells(index[(row, column)], row == spec.baseline_row, digits, spec)
             cells += [ours, delta] + ([paper] if with_paper else [])
         body.append(cells)
     return header, body
 
 
-def _footer(spec: TableSpec, conventions: Mapping[str, object], alpha: float) -> dict[str, list[str]]:
+def mdd_legend(alpha: float, power: float) -> str:
+    """The legend sentence that says which minimal detectable difference the Δ cells show."""
+    level = f"{100 * (1 - alpha):g} %"
+    t = f"t(1−{alpha:g}/2, n−1)"
+    if power == 0.5:
+        return (f"(±m): minimal detectable difference at p < {alpha:g} with the seeds run, m = {t} · s_d / √n over "
+                f"the n paired seeds, s_d the std of the paired differences: the half-width of the {level} "
+                f"confidence interval of the mean difference, so an observed |Δ| below m could not have been "
+                f"called significant (and a true difference of m is detected only about half the time); "
+                f"±0.0 where every seed moved by the same amount; no value with fewer than 2 pairs.")
+    return (f"(MDD m): minimal detectable difference at p < {alpha:g} and {100 * power:g} % power with the seeds "
+            f"run, m = ({t} + t({power:g}, n−1)) · s_d / √n over the n paired seeds, s_d the std of the paired "
+            f"differences: a true difference of m would reach p < {alpha:g} in about {100 * power:g} % of "
+            f"repetitions of this design; 0.0 where every seed moved by the same amount; no value with fewer "
+            f"than 2 pairs.")
+
+
+def _footer(spec: TableSpec, conventions: Mapping[str, object]) -> dict[str, list[str]]:
+    alpha = spec.alpha
     legend = (f"Cells: mean ± std over seeds (n = seeds with a finite value); one seed shows its value. "
               f"Δ: difference of means to the baseline row '{spec.baseline_row}'; * p < {alpha:g}, two-sided "
               f"paired t-test across seeds (scipy.stats.ttest_rel over seeds present in both rows; no test "
-              f"with fewer than 2 pairs or zero variance of the differences; not corrected for multiple comparisons).")
+              f"with fewer than 2 pairs or zero variance of the differences; not corrected for multiple comparisons). "
+              + mdd_legend(alpha, spec.mdd_power))
     if spec.paper_table:
         legend += (f" paper (Δ): the paper's {spec.paper_table} value of the row's counterpart and its "
                    f"difference to the counterpart of '{spec.baseline_row}'; paper columns: "
@@ -288,16 +350,18 @@ def _title(spec: TableSpec, conventions: Mapping[str, object]) -> str:
     return f"{spec.name} — {label}" if label else spec.name
 
 
-def to_markdown(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object],
-                digits: int = 1, alpha: float = 0.05) -> str:
-    """A Markdown table (one line per row) with its legend, conventions and ``spec.notes`` under it."""
-    header, body = _grid(table, spec, digits, alpha)
+def to_markdown(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object], digits: int = 1) -> str:
+    """A Markdown table (one line per row) with its legend, conventions and ``spec.notes`` under it.
+
+    Significance and the minimal detectable difference follow ``spec.alpha`` and ``spec.mdd_power``.
+    """
+    header, body = _grid(table, spec, digits)
     lead = len(header) - (3 if spec.paper_table else 2) * len(spec.columns)
     out = [f"### {_title(spec, conventions)}", "", "| " + " | ".join(header) + " |",
            "|" + "|".join("---" if i < lead else "--:" for i in range(len(header))) + "|"]
     # Escaped so a cell's '*' (significance) or '|' never reads as Markdown syntax.
     out += ["| " + " | ".join(c.replace("|", "\\|").replace("*", "\\*") for c in cells) + " |" for cells in body]
-    for heading, lines in _footer(spec, conventions, alpha).items():
+    for heading, lines in _footer(spec, conventions).items():
         if lines:
             out += ["", f"**{heading}.**"] + [f"- {line}" for line in lines]
     return "\n".join(out) + "\n"
@@ -306,7 +370,8 @@ def to_markdown(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
           "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "—": "---", "×": r"$\times$", "≤": r"$\leq$",
-          "≥": r"$\geq$", "→": r"$\rightarrow$", "<": r"$<$", ">": r"$>$"}
+          "≥": r"$\geq$", "→": r"$\rightarrow$", "<": r"$<$", ">": r"$>$", "·": r"$\cdot$", "√": r"$\surd$",
+          "−": r"$-$"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX))
 
 
@@ -315,10 +380,9 @@ def latex_escape(text: str) -> str:
     return _LATEX_RE.sub(lambda m: _LATEX[m.group()], str(text))
 
 
-def to_latex(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object],
-             digits: int = 1, alpha: float = 0.05) -> str:
+def to_latex(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, object], digits: int = 1) -> str:
     """A booktabs ``tabular`` (metric headers spanning ours/Δ/paper) followed by a footnote-size legend."""
-    header, body = _grid(table, spec, digits, alpha)
+    header, body = _grid(table, spec, digits)
     per = 3 if spec.paper_table else 2
     lead = len(header) - per * len(spec.columns)
     out = [r"\begin{tabular}{" + "l" * lead + " ".join(["r" * per] * len(spec.columns)) + "}", r"\toprule"]
@@ -331,7 +395,7 @@ def to_latex(table: pd.DataFrame, spec: TableSpec, conventions: Mapping[str, obj
     # A true minus sign for negative numbers; a hyphen would set "-2.2" too short.
     out += [" & ".join(re.sub(r"(?<![\w.])-(?=\d)", r"$-$", latex_escape(c)) for c in cells) + r" \\" for cells in body]
     out += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize", latex_escape(_title(spec, conventions)) + r".\par"]
-    for heading, lines in _footer(spec, conventions, alpha).items():
+    for heading, lines in _footer(spec, conventions).items():
         if lines:
             text = "; ".join(latex_escape(line.rstrip(".")) for line in lines)
             out.append(rf"\textbf{{{heading}.}} {text}.\par")

@@ -48,12 +48,15 @@ def quiet_mlflow_logs() -> None:
 
 class Tracker:
     """An MLflow experiment and the runs of one invocation, through an explicit store (``bench.mlflow_store``:
-    a client in this process, or in the helper process ``run_bench.py`` prewarms)."""
+    a client in this process, or in the helper process ``run_bench.py`` prewarms). Every run it opens
+    carries ``run_tags`` (who owns it: ``bench.owners``)."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: pathlib.Path | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: pathlib.Path | None = None,
+                 run_tags: Mapping[str, str] | None = None):
         self.uri = uri
         self.experiment = experiment
         self.artifact_root = artifact_root
+        self.run_tags = dict(run_tags or {})
         self.store = None
         self.experiment_id: str | None = None
 
@@ -71,9 +74,22 @@ class Tracker:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise HarnessError(f"MLflow tracking URI {self.uri!r} is not usable: {first}") from None
 
+    def flush(self) -> None:
+        """Wait until every write sent to the store is done; HarnessError in one line if one failed."""
+        if self.store is None:
+            return
+        with timing.span("mlflow"):
+            try:
+                self.store.flush()
+            except HarnessError:
+                raise
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise HarnessError(f"MLflow tracking URI {self.uri!r}: a write failed: {first}") from None
+
     def _create(self, name: str, tags: Mapping[str, str] | None, parent: RunHandle | None,
                 start_time_ms: int | None = None) -> RunHandle:
-        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        all_tags = {str(k): str(v) for k, v in {**self.run_tags, **(tags or {})}.items()}
         if parent is not None:
             all_tags[PARENT_RUN_TAG] = parent.run_id
         with timing.span("mlflow"):

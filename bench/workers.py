@@ -41,6 +41,7 @@ class JobOutcome:
     end_time_ms: int = 0
     seconds: float = 0.0
     timings: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)  # cached steps used -> compute seconds
     error_type: str = ""  # set when the job failed: its exception's class name,
     error: str = ""  # its message, first line
     error_traceback: str = ""  # and its formatted traceback

@@ -6,11 +6,13 @@ inside each region), and a fixed-size sample of the frame's back-projected point
 region id (int32). It then clusters all region features of the split into groups and counts regions per
 group, for the group-balanced re-weighting (DESIGN 2.6).
 
-The cache folder is keyed by the content fingerprint of the dataset, the mask source, the teacher and
-the sampling parameters, so a changed configuration never reads stale files. Work is resumable: every
-frame file and every scene manifest is written atomically, a restarted run skips scenes whose manifest
-and frame files are complete, and a frame file that fails validation on load (truncated, corrupt,
-wrong fields) is recomputed, never used.
+The frames folder is keyed by the content fingerprint of the dataset and of the whole preparation but
+``GROUPS_ONLY`` (the parameters of the k-means groups alone, so a K ablation reuses the frames); the
+groups file and ``data_key`` (what pretraining stages are keyed by) cover the whole preparation, so a
+changed configuration never reads stale files. Work is resumable: every frame file, scene manifest
+and groups file is written atomically with a checksum (``bench.io``), a restarted run skips scenes whose
+manifest and frame files are complete, and a file that fails its checksum or validation on load
+(truncated, changed, wrong fields) is recomputed with a warning, never used.
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ import gin
 import numpy as np
 import torch
 
-from bench import progress, timing
+from bench import progress, steps, timing
+from bench.checks import check_integer
 from bench.errors import DataError
 from bench.fingerprint import fingerprint
-from bench.io import atomic_write_bytes, atomic_write_text
+from bench.io import CorruptCacheFile, read_cache_file, write_cache_file
 from bench.locks import step_lock, try_step_lock
 from datasets.geometry import backproject
 from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
@@ -73,8 +76,11 @@ def frame_to_bytes(prepared: PreparedFrame) -> bytes:
 def load_frame(path: pathlib.Path) -> PreparedFrame:
     """Read and validate a prepared frame file; CacheError if anything is wrong with it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in (*_FIELDS, "frame_id")}  # reading checks each CRC
+        data, _ = read_cache_file(path)
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in (*_FIELDS, "frame_id")}  # reading checks each CRC
+    except CorruptCacheFile as e:
+        raise CacheError(str(e)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise CacheError(f"{path}: unreadable cache file ({type(e).__name__}: {e})") from None
     for name, (dtype, ndim) in _FIELDS.items():
@@ -102,10 +108,15 @@ class FramePreparation:
         regions are then assigned to their nearest centroid for the counts.
     """
 
+    # Parameters that change the re-weighting groups only, not the prepared frames.
+    GROUPS_ONLY = ("num_groups", "max_kmeans_regions")
+
     def __init__(self, mask_source=gin.REQUIRED, teacher=gin.REQUIRED, points_per_frame: int = 20_000,
                  num_groups: int = 32, seed: int = 0, max_kmeans_regions: int = 200_000):
-        if points_per_frame < 1 or num_groups < 1:
-            raise ValueError("FramePreparation: points_per_frame and num_groups must be >= 1")
+        check_integer("FramePreparation.points_per_frame", points_per_frame, 1)
+        check_integer("FramePreparation.num_groups", num_groups, 1)
+        check_integer("FramePreparation.seed", seed)
+        check_integer("FramePreparation.max_kmeans_regions", max_kmeans_regions, 1)
         self.mask_source = mask_source
         self.teacher = teacher
         self.points_per_frame = int(points_per_frame)
@@ -114,9 +125,19 @@ class FramePreparation:
         self.max_kmeans_regions = int(max_kmeans_regions)
 
     def cache_dir(self, dataset, split: str, cache_root: pathlib.Path) -> pathlib.Path:
-        """The folder of this configuration's cache for one split."""
-        key = fingerprint(dataset, self.mask_source, self.teacher, self.points_per_frame, self.seed)
+        """The folder of this configuration's cache for one split: keyed by the dataset and every
+        parameter but ``GROUPS_ONLY``."""
+        frames_config = {k: v for k, v in vars(self).items() if k not in self.GROUPS_ONLY}
+        key = fingerprint(dataset, type(self).__name__, frames_config)
         return pathlib.Path(cache_root) / "prepare" / f"{dataset.info.name}-{split}-{key}"
+
+    def data_key(self, dataset, split: str, cache_root: pathlib.Path) -> str:
+        """The content key of the prepared split and its groups (the whole preparation), which the
+        pretraining stages on it are keyed by."""
+        return f"{self.cache_dir(dataset, split, cache_root).name}-{self._groups_key()}"
+
+    def _groups_key(self) -> str:
+        return fingerprint(self, length=12)
 
     def prepare_frame(self, frame: Frame) -> PreparedFrame | None:
         """Masks, region features and sampled points of one frame; None if it has no valid depth."""
@@ -168,12 +189,13 @@ class FramePreparation:
                 raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
                                 "(pretraining needs RGB-D frames attached to the scenes)")
             with step_lock(folder / "locks" / "groups.lock"):
-                groups = self._groups(folder, frame_ids)
+                groups = self._groups(dataset, split, folder, frame_ids)
         if prepared or deferred:
             progress.step(f"preparation {dataset.info.name}/{split}",
                           f"{prepared} of {len(frames)} scenes prepared in {progress.duration(clock.seconds)}"
                           + (f" ({len(deferred)} by another process)" if deferred else ""))
-        return PreparedSplit(folder, frame_ids, groups, self, dataset, split)
+        return PreparedSplit(folder, frame_ids, groups, self, dataset, split,
+                             key=self.data_key(dataset, split, cache_root))
 
     @staticmethod
     def _manifest(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
@@ -183,22 +205,26 @@ class FramePreparation:
     def _lock(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
         return folder / "locks" / f"{dataset.scene_id(split, index)}.lock"
 
-    def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str] | None:
-        """The frame ids of a scene whose manifest and frame files are complete, else None."""
+    def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path,
+                        quiet: bool = False) -> list[str] | None:
+        """The frame ids of a scene whose manifest and frame files are complete, else None (a manifest
+        that fails its checksum or is malformed is reported and the scene prepared again)."""
         manifest = self._manifest(dataset, split, index, folder)
-        if not manifest.is_file():
+        done = _read_manifest(manifest, quiet)
+        if done is None:
             return None
-        done = json.loads(manifest.read_text())
         files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
         if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
+            steps.used(f"prepare/{folder.name}/{manifest.stem}", done.get("seconds"))
             return done["frames"]
         return None
 
     def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str]:
-        done = self._finished_scene(dataset, split, index, folder)
+        done = self._finished_scene(dataset, split, index, folder, quiet=True)
         if done is not None:
             return done
         manifest = self._manifest(dataset, split, index, folder)
+        clock = timing.Stopwatch()
         with timing.span("scene generation"):
             scene = dataset.scene(split, index)
         frames, sizes, skipped = [], [], []
@@ -208,34 +234,59 @@ class FramePreparation:
                 skipped.append(frame.frame_id)
                 continue
             data = frame_to_bytes(prepared)
-            atomic_write_bytes(folder / "frames" / f"{frame.frame_id}.npz", data)
+            write_cache_file(folder / "frames" / f"{frame.frame_id}.npz", data)
             frames.append(frame.frame_id)
             sizes.append(len(data))
-        atomic_write_text(manifest, json.dumps({"frames": frames, "sizes": sizes, "skipped_no_depth": skipped}))
+        seconds = clock.seconds
+        record = {"frames": frames, "sizes": sizes, "skipped_no_depth": skipped, "seconds": seconds}
+        write_cache_file(manifest, json.dumps(record).encode("utf-8"), seconds)
+        steps.used(f"prepare/{folder.name}/{manifest.stem}", seconds)
         return frames
+
+    def load_or_recompute(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> PreparedFrame:
+        """The prepared frame ``frame_id``; a file that fails its checksum or validation is reported and
+        its scene prepared again."""
+        path = folder / "frames" / f"{frame_id}.npz"
+        try:
+            return load_frame(path)
+        except CacheError as e:
+            print(f"warning: {e}; recomputing")
+            self.recompute_frame(dataset, split, frame_id, folder)
+            return load_frame(path)
 
     def recompute_frame(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> None:
         """Rebuild the scene that holds ``frame_id`` (after its file failed validation)."""
         for index in range(dataset.num_scenes(split)):
             manifest = folder / "scenes" / f"{dataset.scene_id(split, index)}.json"
-            if manifest.is_file() and frame_id in json.loads(manifest.read_text())["frames"]:
+            done = _read_manifest(manifest, quiet=True)
+            if done is not None and frame_id in done["frames"]:
                 manifest.unlink()
                 self._prepare_scene(dataset, split, index, folder)
                 return
         raise CacheError(f"{folder}: no scene manifest lists frame {frame_id!r}")
 
-    def _groups(self, folder: pathlib.Path, frame_ids: list[str]) -> dict[str, np.ndarray]:
-        path = folder / f"groups-k{self.num_groups}-s{self.seed}.npz"
-        if path.is_file():
-            try:
-                with np.load(path) as data:
-                    return {k: data[k] for k in ("centroids", "counts", "weights")}
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error):
-                pass  # recompute below
-        features = [load_frame(folder / "frames" / f"{f}.npz").region_features for f in frame_ids]
+    def _groups(self, dataset, split: str, folder: pathlib.Path, frame_ids: list[str]) -> dict[str, np.ndarray]:
+        """The k-means groups of the split's region features (cached, keyed by the whole preparation)."""
+        path = folder / f"groups-k{self.num_groups}-{self._groups_key()}.npz"
+        step = f"prepare/{folder.name}/{path.stem}"
+        try:
+            data, record = read_cache_file(path)
+            with np.load(io.BytesIO(data)) as npz:
+                groups = {k: npz[k] for k in ("centroids", "counts", "weights")}
+            steps.used(step, record.get("seconds"))
+            return groups
+        except FileNotFoundError:
+            pass
+        except CorruptCacheFile as e:
+            print(f"warning: groups file {e}; recomputing")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            print(f"warning: groups file {path} is unreadable ({type(e).__name__}); recomputing")
+        clock = timing.Stopwatch()
+        features = [self.load_or_recompute(dataset, split, f, folder).region_features for f in frame_ids]
         all_features = np.concatenate(features).astype(np.float32)
         if len(all_features) == 0:
-            raise ValueError(f"prepare: the mask source found no region in any frame of {folder.name}")
+            raise DataError(f"prepare: the mask source found no region in any frame of {folder.name} "
+                            "(pretraining needs regions to distil)")
         rng = np.random.default_rng(self.seed)
         sample = all_features
         if len(all_features) > self.max_kmeans_regions:
@@ -245,15 +296,37 @@ class FramePreparation:
         groups = {"centroids": centroids.astype(np.float32), "counts": counts, "weights": group_weights(counts)}
         buffer = io.BytesIO()
         np.savez(buffer, **groups)
-        atomic_write_bytes(path, buffer.getvalue())
+        seconds = clock.seconds
+        write_cache_file(path, buffer.getvalue(), seconds)
+        steps.used(step, seconds)
         return groups
+
+
+def _read_manifest(path: pathlib.Path, quiet: bool = False) -> dict | None:
+    """A scene manifest (frames, sizes), or None when absent, changed since written or malformed (then,
+    unless ``quiet``, a warning says the scene is prepared again)."""
+    try:
+        data, _ = read_cache_file(path)
+        done = json.loads(data)
+        if not (isinstance(done, dict) and isinstance(done.get("frames"), list)
+                and isinstance(done.get("sizes"), list) and len(done["frames"]) == len(done["sizes"])):
+            raise ValueError("expected frames and sizes")
+        return done
+    except FileNotFoundError:
+        return None
+    except (CorruptCacheFile, ValueError) as e:
+        if not quiet:
+            reason = str(e) if isinstance(e, CorruptCacheFile) else f"{path}: malformed ({type(e).__name__})"
+            print(f"warning: preparation manifest {reason}; preparing the scene again")
+        return None
 
 
 class PreparedSplit:
     """The prepared frames of a split, read lazily from the cache, with the re-weighting groups."""
 
-    def __init__(self, folder, frame_ids, groups, preparation, dataset, split):
+    def __init__(self, folder, frame_ids, groups, preparation, dataset, split, key: str = ""):
         self.folder = pathlib.Path(folder)
+        self.key = key or self.folder.name  # the content key of the frames and groups (data_key)
         self.frame_ids = list(frame_ids)
         self.groups = groups
         self._preparation, self._dataset, self._split = preparation, dataset, split
@@ -272,13 +345,8 @@ class PreparedSplit:
         frame = _LOADED.get(key)
         if frame is not None:
             return frame
-        try:
-            frame = load_frame(path)
-        except CacheError as e:
-            print(f"warning: {e}; recomputing")
-            self._preparation.recompute_frame(self._dataset, self._split, frame_id, self.folder)
-            frame = load_frame(path)
-            key = file_key(path, self._groups_key)
+        frame = self._preparation.load_or_recompute(self._dataset, self._split, frame_id, self.folder)
+        key = file_key(path, self._groups_key)
         if frame.frame_id != frame_id:
             raise CacheError(f"{path}: holds frame {frame.frame_id!r}, expected {frame_id!r}")
         features = torch.from_numpy(frame.region_features.astype(np.float32))

@@ -1,8 +1,10 @@
 """On-disk cache of whole-scene point clouds (points, colours, labels, boxes; no frames) for fine-tuning.
 
 Fine-tuning reads every training scene once per epoch; generating (synthetic) or parsing (real) a scene
-each time would dominate. The cache folder is keyed by the dataset's content fingerprint; every file is
-written atomically, a scene whose file is missing or fails validation is regenerated, never used.
+each time would dominate. The cache folder is keyed by the dataset's content fingerprint (its whole
+configuration, split sizes included); every file is written atomically with a checksum (``bench.io``),
+a scene whose file is missing, changed since it was written or malformed is regenerated, never used.
+Each file's record keeps the seconds its scene took to generate (``bench.steps``).
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import zlib
 
 import numpy as np
 
-from bench import progress, timing
+from bench import progress, steps, timing
 from bench.fingerprint import fingerprint
-from bench.io import atomic_write_bytes
+from bench.io import CorruptCacheFile, read_cache_file, read_cache_meta, write_cache_file
 from bench.locks import step_lock, try_step_lock
 from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Scene
@@ -32,17 +34,20 @@ def _scene_bytes(scene: Scene) -> bytes:
     return buffer.getvalue()
 
 
-def _load_scene(path: pathlib.Path) -> Scene | None:
-    """The cached scene, or None when the file is missing, unreadable or malformed."""
-    if not path.is_file():
-        return None
+def _load_scene(path: pathlib.Path) -> Scene | str:
+    """The cached scene, or why it cannot be used (missing, changed since written, unreadable, malformed)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in (*_FIELDS, "scene_id")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
+        data, _ = read_cache_file(path)
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in (*_FIELDS, "scene_id")}
+    except FileNotFoundError:
+        return f"{path}: missing"
+    except CorruptCacheFile as e:
+        return str(e)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        return f"{path}: unreadable ({type(e).__name__})"
     if any(arrays[k].dtype != dtype or arrays[k].ndim != ndim for k, (dtype, ndim) in _FIELDS.items()):
-        return None
+        return f"{path}: malformed (a field has the wrong type)"
     return Scene(scene_id=str(arrays.pop("scene_id")), **arrays)
 
 
@@ -81,6 +86,8 @@ class CachedScenes:
         """Generate the scenes missing from the cache; a scene another process is generating is waited
         for at the end, so two processes split the work instead of repeating it."""
         missing = [i for i in range(len(self.ids)) if not self._path(i).is_file()]
+        for i in set(range(len(self.ids))) - set(missing):
+            steps.used(self._step(i), (read_cache_meta(self._path(i)) or {}).get("seconds"))
         if not missing:
             return
         clock, generated, deferred = timing.Stopwatch(), 0, []
@@ -102,10 +109,16 @@ class CachedScenes:
                       f"{generated} generated in {progress.duration(clock.seconds)}"
                       + (f" ({others} by another process)" if others else ""))
 
+    def _step(self, index: int) -> str:
+        return f"scenes/{self.folder.name}/{self.ids[index]}"
+
     def _write(self, index: int) -> Scene:
+        clock = timing.Stopwatch()
         with timing.span("scene generation"):
             scene = self.dataset.scene(self.split, index)
-        atomic_write_bytes(self._path(index), _scene_bytes(scene))
+        seconds = clock.seconds
+        write_cache_file(self._path(index), _scene_bytes(scene), seconds)
+        steps.used(self._step(index), seconds)
         return without_frames(scene)
 
     def __len__(self) -> int:
@@ -118,8 +131,10 @@ class CachedScenes:
         if scene is not None:
             return scene
         scene = _load_scene(path)
-        if scene is None or scene.scene_id != self.ids[index]:
-            print(f"warning: cached scene {self.ids[index]} in {self.folder} is unreadable; regenerating")
+        if isinstance(scene, Scene) and scene.scene_id != self.ids[index]:
+            scene = f"{path}: holds scene {scene.scene_id}"
+        if not isinstance(scene, Scene):
+            print(f"warning: cached scene {scene}; regenerating")
             return self._write(index)
         return _LOADED.put(key, freeze_arrays(scene), array_bytes(scene))
 

@@ -15,8 +15,8 @@ import torch
 from datasets.prepare import PreparedFrame
 
 
-def frame_tokens(frame: PreparedFrame, tokenizer, seed: int, center: bool = True) -> dict[str, torch.Tensor]:
-    """Tokenize one prepared frame and express its region ids as rows of its region table.
+def frame_inputs(frame: PreparedFrame, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tokenizer's inputs for one prepared frame: float32 (N,3) points and int64 (N,) region ids.
 
     ``center`` subtracts the frame's mean point so positions do not depend on where the camera stood
     in the room [choice]; the tokens' relative coordinates are unaffected.
@@ -24,7 +24,18 @@ def frame_tokens(frame: PreparedFrame, tokenizer, seed: int, center: bool = True
     xyz = torch.from_numpy(frame.xyz.astype(np.float32))
     if center:
         xyz = xyz - xyz.mean(dim=0, keepdim=True)
-    tokens = tokenizer(xyz, torch.from_numpy(frame.region.astype(np.int64)), seed=seed)
+    return xyz, torch.from_numpy(frame.region.astype(np.int64))
+
+
+def frame_seed(seed: int, epoch: int, frame_id: str) -> int:
+    """The tokenizer seed of one frame in one epoch (a new FPS start every epoch, the same on every rank)."""
+    return zlib.crc32(f"{seed}/{epoch}/{frame_id}".encode())
+
+
+def frame_tokens(frame: PreparedFrame, tokenizer, seed: int, center: bool = True) -> dict[str, torch.Tensor]:
+    """Tokenize one prepared frame and express its region ids as rows of its region table (``center``:
+    see ``frame_inputs``)."""
+    tokens = tokenizer(*frame_inputs(frame, center), seed=seed)
     ids = frame.region_ids.astype(np.int64)  # sorted labels that have a feature; row = position + 1
     return {
         "rel": tokens.rel.float(),
@@ -79,5 +90,4 @@ class TokenizedFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         frame = self.prepared[index]
-        seed = zlib.crc32(f"{self.seed}/{self.epoch}/{frame.frame_id}".encode())
-        return frame_tokens(frame, self.tokenizer, seed, self.center)
+        return frame_tokens(frame, self.tokenizer, frame_seed(self.seed, self.epoch, frame.frame_id), self.center)

@@ -14,6 +14,7 @@ import gin
 import torch
 
 from bench import timing
+from bench.errors import DataError
 from bench.fingerprint import fingerprint
 from bench.seeding import derive_seed, torch_seeded
 from datasets.types import Detections, Scene
@@ -23,25 +24,48 @@ from methods.downstream.segmentation import (PointSegmenter, SegmentationObjecti
                                              predict_scene_labels)
 from methods.detr_recipe import DetrRecipe
 from methods.encoder import EncoderSpec
+from methods.protocols import FullFinetune
 from methods.train import TrainSchedule, train
 
 
 class _Finetune:
-    """What segmentation and detection fine-tuning share: the encoder, the tokens, the schedule, caching."""
+    """What segmentation and detection fine-tuning share: the encoder, the tokens, the schedule, the
+    protocol, the learning rates, caching."""
 
     task = ""
 
     def __init__(self, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
-                 augment: bool):
+                 augment: bool, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
+        if not encoder_lr_scale >= 0:
+            raise ValueError(f"{type(self).__name__}.encoder_lr_scale: expected a value >= 0, got {encoder_lr_scale}")
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"{type(self).__name__}.layer_decay: expected a value in (0, 1], got {layer_decay}")
         self.tokenizer = tokenizer
         self.encoder = encoder or EncoderSpec()
         self.num_points = int(num_points)
         self.schedule = schedule or TrainSchedule()
         self.augment = augment
+        self.protocol = protocol or FullFinetune()
+        self.encoder_lr_scale = float(encoder_lr_scale)
+        self.layer_decay = float(layer_decay)
+
+    head = ""  # a FinetuneRow's detection_heads name theirs
+
+    @property
+    def task_key(self) -> str:
+        """The evaluation task this run's model answers: ``seg``, ``det``, or ``det-<head>``."""
+        return f"{self.task}-{self.head}" if self.head else self.task
+
+    @property
+    def metric_key(self) -> str:
+        """The task part of this run's metric keys: ``seg``, ``det-groupfree``, or ``seg-probe`` etc. for
+        other protocols."""
+        return self.task_key if self.protocol.name == "full" else f"{self.task_key}-{self.protocol.name}"
 
     def step_seed(self, seed: int) -> int:
         """The seed of everything random in this fine-tuning run (initialisation, data order, augmentation,
-        tokens, dropout): the row's ``seed`` and the task, the same for every row (``bench.seeding``)."""
+        tokens, dropout): the row's ``seed`` and the task, the same for every row and protocol
+        (``bench.seeding``)."""
         return derive_seed(seed, f"finetune/{self.task}")
 
     def _encoder(self, pretrained_state, source: str) -> torch.nn.Module:
@@ -50,25 +74,60 @@ class _Finetune:
         return encoder
 
     def key(self, pretrain_key: str, scenes_key: str, seed: int) -> str:
-        """Content key of the fine-tuned model: this configuration, the pretraining chain (``"none"``),
-        the training scenes (their cache folder's name) and the seed."""
+        """Content key of the fine-tuned model: this configuration (protocol included), the pretraining
+        chain (``"none"``), the training scenes (their cache folder's name) and the seed."""
         return fingerprint(self, pretrain_key, scenes_key, seed)
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        """Optimiser groups with their learning-rate factors: the encoder's blocks at
+        ``encoder_lr_scale * layer_decay ** (depth - i)`` (block i of ``depth``; its embeddings as block 0
+        [prior: MAE's layer-wise decay]), every other parameter (the new head) at 1. Frozen parameters
+        are left out. 1 and 1 (the default) is 3DETR's and Bridge3D's single rate [prior]."""
+        encoder = model.encoder
+        depth = len(encoder.stack.blocks)
+        groups: dict[float, list] = {}
+
+        def add(params, scale):
+            groups.setdefault(scale, []).extend(p for p in params if p.requires_grad)
+
+        add(list(encoder.token_embed.parameters()) + list(encoder.pos_embed.parameters()),
+            self.encoder_lr_scale * self.layer_decay ** depth)
+        for i, block in enumerate(encoder.stack.blocks, start=1):
+            add(block.parameters(), self.encoder_lr_scale * self.layer_decay ** (depth - i))
+        add(encoder.stack.norm.parameters(), self.encoder_lr_scale)
+        own = {id(p) for p in encoder.parameters()}
+        add([p for p in model.parameters() if id(p) not in own], 1.0)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
 
     def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int):
         """Build the model (``build()`` -> (model, training objective)) from this run's seed, then train
-        (or resume, or reuse) it; returns (model, per-epoch history)."""
+        (or resume, or reuse) it on the protocol's scenes and labels; returns (model, per-epoch history)."""
         key = self.key(pretrain_key, scenes.folder.name, seed)
-        folder = pathlib.Path(cache_root) / "finetune" / f"{self.task}-{key}"
+        folder = pathlib.Path(cache_root) / "finetune" / f"{self.metric_key}-{key}"
         step_seed = self.step_seed(seed)
-        with torch_seeded(step_seed), timing.span(f"finetune/{self.task}"):
+        name = f"finetune/{self.metric_key}"
+        with torch_seeded(step_seed), timing.span(name):
             model, objective = build()
         # Rotating an axis-aligned dataset (ScanNet) would give its boxes a yaw the model cannot predict.
         rotation = math.pi if info.has_yaw else 0.0
+        labelled = self.protocol.labelled_points if self.protocol.uses_point_labels else None
         data = SceneSamples(scenes, self.num_points, self.tokenizer, step_seed, augment=self.augment,
-                            max_rotation=rotation)
+                            max_rotation=rotation, indices=self.protocol.scene_indices(scenes), labelled=labelled)
+        if len(data) == 0:
+            raise DataError(f"{name}: no training scene in {info.name} ({len(scenes)} in the split, "
+                            f"{self.protocol.description}); expected at least one")
+        groups = self.param_groups(model)
+        single = len(groups) == 1 and groups[0]["lr_scale"] == 1.0
         history = train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", step_seed,
-                        name=f"finetune/{self.task}")
+                        name=name, param_groups=None if single else groups)
         return model, history
+
+
+def check_detection_protocol(spec: _Finetune) -> None:
+    """Detection takes the full fine-tune or limited reconstructions; the others are segmentation's."""
+    if spec.protocol.freeze_encoder or spec.protocol.uses_point_labels:
+        raise ValueError(f"{type(spec).__name__}.protocol: {type(spec.protocol).__name__} applies to segmentation; "
+                         "detection takes @FullFinetune() or @LimitedReconstructions()")
 
 
 @gin.register
@@ -80,17 +139,19 @@ class SegmentationFinetune(_Finetune):
       tokenizer: downstream tokenizer (KNN; the paper's downstream uses 2048 x 128 tokens from 40k points).
       encoder: must equal the pretraining encoder spec (loading is name- and shape-checked).
       num_points: points sampled per scene for training and as token support at evaluation.
-      protocol: "full" fine-tune (default) or "probe" (frozen encoder, head only).
+      protocol: ``@FullFinetune()`` (default), ``@LinearProbe()`` (frozen encoder, head only),
+        ``@LimitedReconstructions()``, ``@LimitedAnnotations()`` (``methods.protocols``).
+      encoder_lr_scale, layer_decay: learning-rate factors of the encoder (``param_groups``).
       propagation_power: feature propagation weights 1/d^power; 2 = PointNet++ / Point-MAE [prior], 1 = 1/d.
     """
 
     task = "seg"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
-                 schedule: TrainSchedule | None = None, protocol: str = "full", hidden: int = 256,
-                 augment: bool = True, propagation_power: float = 2.0):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment)
-        self.protocol = protocol
+                 schedule: TrainSchedule | None = None, protocol=None, hidden: int = 256,
+                 augment: bool = True, propagation_power: float = 2.0, encoder_lr_scale: float = 1.0,
+                 layer_decay: float = 1.0):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
         self.hidden = hidden
         self.propagation_power = float(propagation_power)
 
@@ -98,7 +159,8 @@ class SegmentationFinetune(_Finetune):
         """Train (or resume, or reuse) the segmenter; returns (model, per-epoch history)."""
         def build():
             model = PointSegmenter(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
-                                   len(info.seg_classes), hidden=self.hidden, protocol=self.protocol,
+                                   len(info.seg_classes), hidden=self.hidden,
+                                   protocol="probe" if self.protocol.freeze_encoder else "full",
                                    propagation_power=self.propagation_power)
             return model, SegmentationObjective(model, ignore_index=info.ignore_index)
 
@@ -130,8 +192,10 @@ class DetectionFinetune(_Finetune):
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 8,
                  objectness_threshold: float = 0.05, nms_iou: float = 0.25, augment: bool = True,
-                 query_from_tokens: bool = False, recipe: DetrRecipe | None = None, head_dropout: float = 0.3):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment)
+                 query_from_tokens: bool = False, recipe: DetrRecipe | None = None, head_dropout: float = 0.3,
+                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
+        check_detection_protocol(self)
         self.query_from_tokens = query_from_tokens
         self.recipe = recipe or DetrRecipe()
         self.head_dropout = head_dropout
@@ -160,37 +224,47 @@ class DetectionFinetune(_Finetune):
 
 @gin.register
 class FinetuneRow:
-    """A table row: (optional) pretraining, then fine-tuning for each configured task, then evaluation.
+    """A table row: (optional) pretraining, then fine-tuning for each configured task and protocol, then
+    evaluation, each fine-tuning run under its own metric keys (``_Finetune.metric_key``).
 
     Args:
       pretrain: a ``PretrainRow`` (e.g. ``@stage2/PretrainRow()``), or None for "no pretraining".
-      segmentation, detection: fine-tuning specs, or None to skip a task.
+      segmentation, detection: the full fine-tuning specs, or None to skip a task.
       detection_heads: more detection specs by head name (e.g. ``{'3detr': @DetectionFinetune(),
         'groupfree': @GroupFreeDetection()}``), each fine-tuned on its own and scored by a
         ``DetectionTask`` whose ``head`` names it (metrics ``<dataset>/det-<head>/...``).
+      protocols: more fine-tuning runs from the same pretrained encoder, e.g.
+        ``[@probe/SegmentationFinetune(), @lr20/SegmentationFinetune()]`` (``methods.protocols``),
+        reported as ``<dataset>/seg-probe/...``, ``<dataset>/seg-lr20/...``.
     """
 
     def __init__(self, pretrain=None, segmentation: SegmentationFinetune | None = None,
-                 detection: DetectionFinetune | None = None, detection_heads: dict | None = None):
+                 detection: DetectionFinetune | None = None, protocols=(), detection_heads: dict | None = None):
         self.pretrain = pretrain
         self.segmentation = segmentation
         self.detection = detection
         self.detection_heads = dict(detection_heads or {})
-        for head in self.detection_heads:
+        for head, spec in self.detection_heads.items():
             if not (isinstance(head, str) and head.replace("_", "").isalnum()):
                 raise ValueError(f"FinetuneRow.detection_heads: head names must be letters, digits or _, got {head!r}")
+            spec.head = head
+        self.protocols = list(protocols)
+        keys = [spec.metric_key for spec in self._specs()]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"FinetuneRow: two fine-tuning runs would report under the same metric key ({keys})")
         self._models: dict[str, torch.nn.Module] = {}
         self._seed = 0
 
-    def _tasks(self):
-        tasks = [(name, spec) for name, spec in (("seg", self.segmentation), ("det", self.detection)) if spec]
-        return tasks + [(f"det-{head}", spec) for head, spec in self.detection_heads.items()]
+    def _specs(self) -> list:
+        return [spec for spec in (self.segmentation, self.detection, *self.detection_heads.values(),
+                                  *self.protocols) if spec is not None]
 
     def _keys(self, context) -> tuple[str, dict[str, str]]:
-        """(pretraining key or "none", task -> fine-tuned model key), computed without running anything."""
+        """(pretraining key or "none", metric key -> fine-tuned model key), computed without running anything."""
         pretrain_key = self.pretrain.key(context) if self.pretrain is not None else "none"
         scenes_key = context.scene_folder(context.train_split).name
-        return pretrain_key, {name: spec.key(pretrain_key, scenes_key, context.seed) for name, spec in self._tasks()}
+        return pretrain_key, {spec.metric_key: spec.key(pretrain_key, scenes_key, context.seed)
+                              for spec in self._specs()}
 
     def step_keys(self, context) -> list[str]:
         """Content keys of the steps this row computes (each pretraining stage, each fine-tuning run), so
@@ -198,9 +272,21 @@ class FinetuneRow:
         stages = self.pretrain.stage_keys(context) if self.pretrain is not None else []
         return stages + list(self._keys(context)[1].values())
 
+    def components(self) -> dict[str, str]:
+        """The row's resolved components, as MLflow params (so runs can be filtered by component)."""
+        out = {"pretraining": "none"}
+        if self.pretrain is not None:
+            out.update(self.pretrain.components())
+        for spec in self._specs():
+            out[f"finetune/{spec.metric_key}"] = type(spec).__name__
+            out[f"finetune/{spec.metric_key}/protocol"] = spec.protocol.description
+            out[f"finetune/{spec.metric_key}/encoder_lr_scale"] = f"{spec.encoder_lr_scale:g}"
+        return out
+
     def run(self, context) -> dict[str, float]:
-        """Pretrain (cached), fine-tune each task (cached), evaluate on the evaluation split (cached:
-        a row whose every step is unchanged returns its evaluation without loading a model)."""
+        """Pretrain (cached), fine-tune each task and protocol (cached), evaluate on the evaluation split
+        (cached: a row whose every step is unchanged returns its evaluation without loading a model)."""
+        context.tracking_run.log_params(self.components())
         pretrain_key, models = self._keys(context)
         scenes = context.scenes(context.train_split)
         return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))
@@ -210,19 +296,35 @@ class FinetuneRow:
         pretrained = self.pretrain.pretrain(context) if self.pretrain is not None else None
         state, key = (pretrained.encoder, pretrained.key) if pretrained else (None, "none")
         metrics = dict(pretrained.metrics) if pretrained else {}
-        for name, spec in self._tasks():
+        runs = []
+        for spec in self._specs():
             model, history = spec.fit(state, key, scenes, context.dataset.info, context.cache_root, context.seed)
-            self._models[name] = model
+            runs.append((spec, model))
             for epoch, values in enumerate(history):
-                context.log_metrics({f"finetune/{name}/{k}": v for k, v in values.items()}, epoch)
-        metrics.update(context.evaluate(self))
+                context.log_metrics({f"finetune/{spec.metric_key}/{k}": v for k, v in values.items()}, epoch)
+        # The full fine-tunes are scored together; every other protocol under its own key suffix.
+        by_protocol: dict[str, dict] = {}
+        for spec, model in runs:
+            by_protocol.setdefault(spec.protocol.name, {})[spec.task_key] = (spec, model)
+        for protocol, predictors in by_protocol.items():
+            suffix = "" if protocol == "full" else protocol
+            metrics.update(context.evaluate(_Predictions(predictors, self._seed), suffix=suffix,
+                                            tasks=set(predictors)))
         return metrics
 
+
+class _Predictions:
+    """The predictions of one protocol's fine-tuned models, as the evaluation tasks ask for them."""
+
+    def __init__(self, models: dict, seed: int):
+        self._models = models
+        self._seed = seed
+
     def predict_segmentation(self, scene: Scene):
-        return self.segmentation.predict(self._models["seg"], scene, self._seed)
+        spec, model = self._models["seg"]
+        return spec.predict(model, scene, self._seed)
 
     def predict_detection(self, scene: Scene, head: str = "") -> Detections:
-        """Detections of ``detection`` ("" head) or of ``detection_heads[head]``."""
-        if not head:
-            return self.detection.predict(self._models["det"], scene, self._seed)
-        return self.detection_heads[head].predict(self._models[f"det-{head}"], scene, self._seed)
+        """Detections of the row's ``detection`` ("" head) or of ``detection_heads[head]``."""
+        spec, model = self._models[f"det-{head}" if head else "det"]
+        return spec.predict(model, scene, self._seed)

@@ -18,7 +18,7 @@ from datasets.types import Detections, Scene
 from methods.downstream.detection import GroupFreeDetector, GroupFreeObjective, predict_batch
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
 from methods.encoder import EncoderSpec
-from methods.finetune import _Finetune
+from methods.finetune import _Finetune, check_detection_protocol
 from methods.train import TrainSchedule
 
 
@@ -77,8 +77,10 @@ class GroupFreeDetection(_Finetune):
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 6,
                  heads: int = 8, feedforward: int = 2048, dropout: float = 0.1, head_dropout: float = 0.0,
                  num_heading_bins: int = 12, recipe: GroupFreeRecipe | None = None,
-                 objectness_threshold: float = 0.0, nms_iou: float = 0.25, augment: bool = True):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment)
+                 objectness_threshold: float = 0.0, nms_iou: float = 0.25, augment: bool = True,
+                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
+        check_detection_protocol(self)
         if num_queries < 1 or decoder_depth < 0:
             raise ValueError(f"GroupFreeDetection: num_queries >= 1 and decoder_depth >= 0 expected, got "
                              f"{num_queries}, {decoder_depth}")

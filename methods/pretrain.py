@@ -18,6 +18,7 @@ from bench.distributed import main_first
 from bench.fingerprint import fingerprint
 from bench.seeding import derive_seed, torch_seeded
 from methods.batching import TokenizedFrames, collate
+from methods.tokenizers.report import stage_token_report
 from methods.train import TrainSchedule, train
 
 
@@ -43,9 +44,9 @@ class PretrainStage:
         self.previous = previous
 
     def key(self, data_key: str, seed: int) -> str:
-        """Content key of this stage's result: its configuration, the chain before it, data and seed."""
-        before = self.previous.key(data_key, seed) if self.previous is not None else None
-        return fingerprint(self.name, self.objective, self.tokenizer, self.schedule, before, data_key, seed)
+        """Content key of this stage's result: its whole configuration (the chain before it included),
+        the data and the seed."""
+        return fingerprint(self, data_key, seed)
 
     @property
     def depth(self) -> int:
@@ -114,7 +115,7 @@ class PretrainRow:
 
     def _data_key(self, context) -> str:
         dataset, split = self._source(context)
-        return self.preparation.cache_dir(dataset, split, context.cache_root).name
+        return self.preparation.data_key(dataset, split, context.cache_root)
 
     def key(self, context) -> str:
         """The content key of this row's pretrained encoder, computed without preparing or training."""
@@ -129,14 +130,19 @@ class PretrainRow:
         return keys
 
     def pretrain(self, context) -> Pretrained:
-        """Prepare (cached), pretrain (cached by stage), log the loss curves, report their end points."""
+        """Prepare (cached), pretrain (cached by stage), log each stage's token report (``tokens/<stage>/*``,
+        on the first frames) and the loss curves, report the curves' end points."""
         dataset, split = self._source(context)
         with main_first():  # under torchrun rank 0 fills the cache, then the other ranks read it
             prepared = self.preparation.prepare(dataset, split, context.cache_root)
         context.notes.setdefault("pretraining data", f"{dataset.info.name}/{split}")
         context.notes.setdefault("teacher", self.preparation.teacher.description)
         context.notes.setdefault("masks", self.preparation.mask_source.description)
-        result = self.stage.run(prepared, prepared.folder.name, context.cache_root, context.seed)
+        result = self.stage.run(prepared, prepared.key, context.cache_root, context.seed)
+        stage = self.stage
+        while stage is not None:  # what each stage's first-epoch tokens cover (methods/tokenizers/report.py)
+            context.log_metrics(stage_token_report(stage.name, stage.tokenizer, prepared, stage.step_seed(context.seed)))
+            stage = stage.previous
         metrics: dict[str, float] = {}
         for name, history in result["histories"].items():
             # Whole curves are logged here, not live, so a run that reuses cached stages shows them too.
@@ -144,7 +150,22 @@ class PretrainRow:
                 context.log_metrics({f"pretrain/{name}/{k}": v for k, v in values.items()}, epoch)
             metrics[f"pretrain/{name}/loss_first"] = history[0]["loss"]
             metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
-        return Pretrained(result["encoder"], self.stage.key(prepared.folder.name, context.seed), metrics)
+        return Pretrained(result["encoder"], self.stage.key(prepared.key, context.seed), metrics)
+
+    def components(self) -> dict[str, str]:
+        """The chain's resolved components (stage names, objectives, tokenizers, re-weighting), as params."""
+        out, stage, chain = {}, self.stage, []
+        while stage is not None:
+            chain.insert(0, stage)
+            stage = stage.previous
+        out["pretraining"] = " -> ".join(s.name for s in chain)
+        for s in chain:
+            out[f"pretrain/{s.name}/objective"] = type(s.objective).__name__
+            out[f"pretrain/{s.name}/tokenizer"] = type(s.tokenizer).__name__
+            balancing = getattr(s.objective, "balancing", None)
+            if balancing is not None:
+                out[f"pretrain/{s.name}/reweighting"] = "on" if balancing.enabled else "off"
+        return out
 
     def run(self, context) -> dict[str, float]:
         """A pretraining-only row: its metrics are the loss curves' end points."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import pathlib
+import struct
+import zipfile
 
 import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.errors import DataError
 from datasets.types import Frame
 from methods.masks import frame_rng_seed
 from methods.weights import resolve_device
@@ -54,8 +57,55 @@ class Teacher:
 
 
 def _read_json(path: pathlib.Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON object from ``path``; DataError in one line naming the file when it is not one."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable as JSON ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "expected the file save_pretrained writes") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def check_safetensors(path: pathlib.Path) -> None:
+    """DataError in one line unless ``path`` is a complete safetensors file: an 8-byte header length, a
+    JSON header naming every tensor's byte range, and the bytes they end at (a truncated download fails)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        try:
+            if not 2 <= length <= size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(length))
+            ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise DataError(f"{path}: not a safetensors file (its header is unreadable); expected the weights "
+                            "save_pretrained writes") from None
+    if 8 + length + max(ends, default=0) > size:
+        raise DataError(f"{path}: truncated ({size} bytes, its header needs {8 + length + max(ends)}); "
+                        "copy the weights again")
+
+
+def _check_weights(model_dir: pathlib.Path) -> None:
+    """The weights in ``model_dir`` look complete (without loading them); DataError naming the file if not."""
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        check_safetensors(single)
+        return
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        for shard in shards:
+            if not (model_dir / shard).is_file():
+                raise DataError(f"{index}: names the weights file {shard}, which is missing")
+            check_safetensors(model_dir / shard)
+        return
+    binary = model_dir / "pytorch_model.bin"
+    if binary.is_file() and not zipfile.is_zipfile(binary):
+        raise DataError(f"{binary}: not a torch.save archive (truncated or another format); copy the weights again")
 
 
 @gin.register
@@ -91,7 +141,12 @@ class Dinov2Teacher(Teacher):
         if self.model_type not in ("dinov2", "dinov2_with_registers"):
             raise ValueError(f"{self.model_dir}/config.json: model_type {self.model_type!r}, "
                              "expected 'dinov2' or 'dinov2_with_registers'")
-        self._dim, self.patch_size = int(config["hidden_size"]), int(config["patch_size"])
+        try:
+            self._dim, self.patch_size = int(config["hidden_size"]), int(config["patch_size"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{self.model_dir}/config.json: expected integer hidden_size and patch_size "
+                            "(a DINOv2 config from save_pretrained)") from None
+        _check_weights(self.model_dir)
         self.num_prefix_tokens = 1 + int(config.get("num_register_tokens", 0) or 0)
         processor = self.model_dir / "preprocessor_config.json"
         processor = _read_json(processor) if processor.is_file() else {}
@@ -161,12 +216,13 @@ class SimulatedTeacher(Teacher):
 
     def __init__(self, dim: int = 64, patch_size: int = 8, class_weight: float = 1.0,
                  instance_weight: float = 0.5, noise: float = 0.3, seed: int = 0):
-        self._dim, self.patch_size, self.seed = dim, patch_size, seed
+        # Public, so the preparation's cache key (the teacher's fingerprint) covers the feature width.
+        self.channels, self.patch_size, self.seed = int(dim), patch_size, seed
         self.class_weight, self.instance_weight, self.noise = class_weight, instance_weight, noise
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return self.channels
 
     @property
     def description(self) -> str:

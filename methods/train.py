@@ -20,14 +20,15 @@ import dataclasses
 import io
 import math
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import gin
 import torch
 
-from bench import distributed, progress, timing
+from bench import distributed, progress, steps, timing
+from bench.checks import check_choice, check_integer, check_number
 from bench.errors import HarnessError
-from bench.io import atomic_write_bytes
+from bench.io import CorruptCacheFile, read_cache_file, write_cache_file
 from bench.locks import step_lock
 
 # Per-rank offset of the global seed of an epoch (drop-path, data-loader workers): ranks see different
@@ -57,16 +58,30 @@ class TrainSchedule:
     bf16: bool = True  # bf16 autocast, used on CUDA only
     warmup_fraction: float | None = None  # of all steps, in (0, 1); None = use warmup_epochs
 
-    def __post_init__(self):
-        if self.warmup_fraction is not None and not 0.0 < self.warmup_fraction < 1.0:
-            raise ValueError(f"TrainSchedule.warmup_fraction: expected a value in (0, 1) or None, "
-                             f"got {self.warmup_fraction!r}")
-
     def warmup_steps(self, steps_per_epoch: int) -> int:
         """Warm-up length in optimiser steps (class docstring)."""
         if self.warmup_fraction is None:
             return self.warmup_epochs * steps_per_epoch
         return max(1, round(self.warmup_fraction * self.epochs * steps_per_epoch))
+
+    def __post_init__(self):
+        if self.warmup_fraction is not None and not 0.0 < self.warmup_fraction < 1.0:
+            raise ValueError(f"TrainSchedule.warmup_fraction: expected a value in (0, 1) or None, "
+                             f"got {self.warmup_fraction!r}")
+        check_integer("TrainSchedule.epochs", self.epochs, 1)
+        check_integer("TrainSchedule.batch_size", self.batch_size, 1)
+        check_number("TrainSchedule.lr", self.lr, low=0.0, low_open=True)
+        check_number("TrainSchedule.weight_decay", self.weight_decay, low=0.0)
+        check_integer("TrainSchedule.warmup_epochs", self.warmup_epochs, 0)
+        check_number("TrainSchedule.grad_clip", self.grad_clip, low=0.0)
+        check_integer("TrainSchedule.num_workers", self.num_workers, 0)
+        check_choice("TrainSchedule.bf16", self.bf16, (True, False))
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"TrainSchedule.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                 f"got {self.device!r}") from None
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -82,27 +97,73 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "history")
+
+
 def load_checkpoint(path: pathlib.Path) -> dict | None:
-    """The checkpoint at ``path``, or None if absent or unreadable (then training starts afresh)."""
-    if not path.is_file():
+    """The checkpoint at ``path``, or None if absent, changed since it was written (its checksum,
+    ``bench.io``), unreadable or not a training checkpoint (then training starts afresh, with a warning).
+    Its ``seconds`` are the training time of every invocation that wrote it."""
+    try:
+        data, record = read_cache_file(path)
+    except FileNotFoundError:
+        return None
+    except CorruptCacheFile as e:
+        print(f"warning: checkpoint {e}; training from scratch")
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or corrupt zip; torch raises RuntimeError or pickle errors
         print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); training from scratch")
         return None
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS) \
+            or not isinstance(state["history"], list):
+        print(f"warning: checkpoint {path} is not a training checkpoint (expected a dict with "
+              f"{', '.join(_CHECKPOINT_KEYS)}); training from scratch")
+        return None
+    state["seconds"] = float(record.get("seconds") or 0.0)
+    return state
+
+
+def _misfit(module: torch.nn.Module, saved) -> str | None:
+    """Why ``saved`` cannot be loaded into ``module`` (missing, unexpected or reshaped keys), or None."""
+    if not isinstance(saved, Mapping):
+        return f"its model is a {type(saved).__name__}, not a state dict"
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in saved)
+    unexpected = sorted(k for k in saved if k not in own)
+    # extra states (e.g. a mask generator's) are not tensors: compare shapes where there are any
+    reshaped = sorted(k for k in own
+                      if k in saved and getattr(saved[k], "shape", None) != getattr(own[k], "shape", None))
+    for what, keys in (("lacks", missing), ("has unexpected", unexpected), ("has reshaped", reshaped)):
+        if keys:
+            return f"it {what} keys {keys[:3]}{' ...' if len(keys) > 3 else ''} for this model"
+    return None
+
+
+def _fitting(module: torch.nn.Module, state: dict | None, path: pathlib.Path) -> dict | None:
+    """``state`` if its model fits ``module``, else None with a warning (e.g. a checkpoint of another model)."""
+    if state is None:
+        return None
+    problem = _misfit(module, state["model"])
+    if problem is not None:
+        print(f"warning: checkpoint {path} does not fit ({problem}); training from scratch")
+        return None
+    return state
 
 
 def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: Callable,
           schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
           log: Callable[[dict[str, float], int], None] | None = None, name: str = "train",
-          extra_state: dict | None = None) -> list[dict[str, float]]:
+          extra_state: dict | None = None, param_groups: list[dict] | None = None) -> list[dict[str, float]]:
     """Train ``module`` (its ``forward(batch)`` returns a dict with a scalar ``loss``) and return the
     per-epoch mean of every returned value. Resumes from ``checkpoint`` if it exists; a finished
     checkpoint trains nothing (it is loaded into ``module``). ``dataset`` may have an ``epoch``
     attribute, set before each epoch. While one process trains a checkpoint, another one that wants
     the same checkpoint waits for it (``bench.locks``). Time goes to ``name`` in the run's profile,
-    split into the phases of every step: data, forward, backward, optimizer.
+    split into the phases of every step: data, forward, backward, optimizer. ``param_groups`` (each
+    ``{"params": [...], "lr_scale": s}``) trains groups at ``s`` times the schedule's learning rate;
+    None = every trainable parameter at 1.
     """
     device = schedule.resolve_device()
     module.to(device)
@@ -111,14 +172,18 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     # The lock lives beside the checkpoint's folder, which then holds the checkpoint alone.
     lock_path = checkpoint.parent.parent / f"{checkpoint.parent.name}.{checkpoint.stem}.lock"
     lock = step_lock(lock_path) if distributed.is_main() else contextlib.nullcontext()
+    step = f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
     with lock, timing.span(name):
-        state = load_checkpoint(checkpoint)  # under torchrun every rank loads the file rank 0 wrote
+        # under torchrun every rank loads the file rank 0 wrote
+        state = _fitting(module, load_checkpoint(checkpoint), checkpoint)
         if state is not None and len(state["history"]) >= schedule.epochs:
             module.load_state_dict(state["model"])
             progress.step(name, f"cached ({schedule.epochs} epochs)")
+            steps.used(step, state["seconds"])
             return list(state["history"])
-        history = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name, extra_state,
-                                state, device)
+        history, seconds = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name,
+                                         extra_state, state, device, param_groups)
+    steps.used(step, seconds)
     first = len(state["history"]) if state is not None else 0
     resumed = f" (resumed from the checkpoint of epoch {first})" if first else ""
     progress.step(name, f"trained epochs {first + 1}-{schedule.epochs} of {schedule.epochs}{resumed} "
@@ -127,10 +192,17 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
 
 
 def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
-                  log, name: str, extra_state, state: dict | None, device: torch.device) -> list[dict[str, float]]:
+                  log, name: str, extra_state, state: dict | None, device: torch.device,
+                  param_groups: list[dict] | None = None) -> tuple[list[dict[str, float]], float]:
+    """The training epochs after those in ``state``; returns the history and the training seconds of
+    every invocation so far (the checkpoint's record carries them on)."""
+    clock = timing.Stopwatch()
+    seconds = seconds_before = state["seconds"] if state is not None else 0.0
     params = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": params}] if param_groups is None else \
+        [{"params": g["params"], "lr": schedule.lr * g["lr_scale"]} for g in param_groups]
     # foreach: one fused call per update instead of one per tensor; bitwise the same updates on CPU.
-    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
     batch_size, sampler = _shard(dataset, schedule, seed, name)
     steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
     total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_steps(steps_per_epoch)
@@ -183,12 +255,13 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
         epoch_means = distributed.all_reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()})
         epoch_means["lr"] = scheduler.get_last_lr()[0]
         history.append(epoch_means)
+        seconds = seconds_before + clock.seconds  # what the checkpoint records, and the step reports
         if distributed.is_main():
-            _save(checkpoint, module, optimizer, scheduler, history, extra_state)
+            _save(checkpoint, module, optimizer, scheduler, history, extra_state, seconds)
         distributed.barrier()  # no rank goes on (and may read the checkpoint) before it is complete
         if log is not None:
             log({f"{name}/{k}": v for k, v in epoch_means.items()}, epoch)
-    return history
+    return history, seconds
 
 
 def _shard(dataset, schedule: TrainSchedule, seed: int, name: str):
@@ -220,8 +293,8 @@ def _wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module)
 
 
-def _save(path, module, optimizer, scheduler, history, extra_state) -> None:
+def _save(path, module, optimizer, scheduler, history, extra_state, seconds: float) -> None:
     buffer = io.BytesIO()
     torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, **(extra_state or {})}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_cache_file(path, buffer.getvalue(), seconds)

@@ -35,13 +35,15 @@ def _with_label(title: str, conventions: Mapping[str, object] | None) -> str:
 
 
 def plot_ablation(table: pd.DataFrame, spec: TableSpec, path: str | os.PathLike,
-                  conventions: Mapping[str, object] | None = None, alpha: float = 0.05) -> pathlib.Path:
+                  conventions: Mapping[str, object] | None = None) -> pathlib.Path:
     """One column of panels per metric: top, our mean ± std per row; bottom, Δ vs the baseline row.
 
-    In the bottom panels our Δ (error bar: std of the per-seed paired differences, '*' where the
-    paired t-test gives p < ``alpha``) stands beside the paper's Δ for the row's counterpart, so the
+    In the bottom panels our Δ (error bar: ± the minimal detectable difference ``mdd`` of the table, by
+    default the half-width of the 95 % confidence interval of the mean paired difference; '*' where the
+    paired t-test gives p < ``spec.alpha``) stands beside the paper's Δ for the row's counterpart, so the
     direction and ordering of effects can be compared even though absolute values are not comparable.
     """
+    alpha = spec.alpha
     rows = list(spec.rows)
     others = [r for r in rows if r != spec.baseline_row]
     fig = Figure(figsize=(max(6.0, 3.4 * len(spec.columns)), 7.0), layout="constrained")
@@ -49,13 +51,14 @@ def plot_ablation(table: pd.DataFrame, spec: TableSpec, path: str | os.PathLike,
     for j, column in enumerate(spec.columns):
         lines = table[table["column"] == column].set_index("row")
         _absolute_panel(axes[0, j], lines.loc[rows], column)
-        _delta_panel(axes[1, j], lines.loc[others], spec.paper_columns.get(column, ""), alpha)
+        _delta_panel(axes[1, j], lines.loc[others], spec.paper_columns.get(column, ""), alpha, _mdd_label(spec))
     axes[0, 0].set_ylabel("ours: mean ± std over seeds")
     axes[1, 0].set_ylabel(f"Δ vs '{spec.baseline_row}'")
     handles, labels = axes[1, 0].get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="none", marker="$*$", markersize=9, color="black"))
     labels.append(f"p < {alpha:g}, paired t-test across seeds")
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+    # One line fits from three metric panels on; narrower figures cut a one-line legend at both edges.
+    fig.legend(handles, labels, loc="outside lower center", ncols=3 if len(spec.columns) > 2 else 1, frameon=False)
     fig.suptitle(_with_label(f"{spec.name}: each row vs the baseline '{spec.baseline_row}'", conventions))
     return _save(fig, path)
 
@@ -70,14 +73,22 @@ def _absolute_panel(ax, lines: pd.DataFrame, column: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
-def _delta_panel(ax, lines: pd.DataFrame, paper_column: str, alpha: float) -> None:
+def _mdd_label(spec: TableSpec) -> str:
+    """Legend entry of our Δ bars: what their error bar, the minimal detectable difference, is."""
+    if spec.mdd_power == 0.5:
+        return f"ours, bar ± MDD ({100 * (1 - spec.alpha):g} % CI half-width)"
+    return f"ours, bar ± MDD (at {100 * spec.mdd_power:g} % power)"
+
+
+def _delta_panel(ax, lines: pd.DataFrame, paper_column: str, alpha: float, label: str) -> None:
     x = np.arange(len(lines))
     width = 0.38
-    ours = ax.bar(x - width / 2, lines["delta"], width, yerr=np.nan_to_num(lines["delta_std"].to_numpy(dtype=float)),
-                  capsize=3, color=OURS, label="ours (error bar: std of paired differences)")
+    # Error bar = MDD; at the default (CI half-width) it crosses 0 where the test cannot call Δ significant.
+    mdd = np.nan_to_num(lines["mdd"].to_numpy(dtype=float))
+    ours = ax.bar(x - width / 2, lines["delta"], width, yerr=mdd, capsize=3, color=OURS, label=label)
     if lines["paper_delta"].notna().any():
         ax.bar(x + width / 2, lines["paper_delta"], width, color=PAPER, hatch="//", edgecolor="white", label="paper")
-    for bar, p, err in zip(ours, lines["p_value"], np.nan_to_num(lines["delta_std"].to_numpy(dtype=float))):
+    for bar, p, err in zip(ours, lines["p_value"], mdd):
         if math.isfinite(p) and p < alpha:  # above the error bar, so the marker never hides it
             top = bar.get_height()
             ax.annotate("*", (bar.get_x() + bar.get_width() / 2, top + math.copysign(err, top)), ha="center",

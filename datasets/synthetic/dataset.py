@@ -10,6 +10,7 @@ from typing import Iterator
 import gin
 import numpy as np
 
+from bench.checks import check_integer, check_number
 from datasets.geometry import aligned_box_of_oriented, backproject, pinhole_intrinsics
 from datasets.synthetic.layout import DET_CLASSES, NUM_STRUCTURAL, SEG_CLASSES, Layout, sample_layout
 from datasets.synthetic.render import render_frame
@@ -100,12 +101,17 @@ class SyntheticIndoor:
     def __init__(self, seed: int = 0, num_train: int = 24, num_val: int = 8, num_pretrain: int = 0,
                  frames_per_scene: int = 4, image_hw: tuple[int, int] = (120, 160), fov_deg: float = 70.0,
                  voxel_size: float = 0.03, min_points_per_box: int = 20, yaw_boxes: bool = True):
-        if min(num_train, num_val, num_pretrain) < 0 or frames_per_scene < 1 or voxel_size <= 0:
-            raise ValueError("SyntheticIndoor: need num_train, num_val, num_pretrain >= 0, frames_per_scene >= 1, "
-                             "voxel_size > 0")
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_pretrain", num_pretrain)):
+            check_integer(f"SyntheticIndoor.{name}", value, 0)
+        check_integer("SyntheticIndoor.frames_per_scene", frames_per_scene, 1)
+        check_number("SyntheticIndoor.voxel_size", voxel_size, low=0.0, low_open=True)
+        check_number("SyntheticIndoor.fov_deg", fov_deg, low=0.0, high=180.0, low_open=True, high_open=True)
+        if not (len(image_hw) == 2 and all(isinstance(v, int) and v >= 1 for v in image_hw)):
+            raise ValueError(f"SyntheticIndoor.image_hw: expected (height, width) in pixels, each >= 1, got {image_hw!r}")
         self.seed = int(seed)
         self.generator_version = GENERATOR_VERSION
-        self._counts = {"train": int(num_train), "val": int(num_val), "pretrain": int(num_pretrain)}
+        # Public, so the cache keys (the dataset's fingerprint) cover the split sizes too.
+        self.num_train, self.num_val, self.num_pretrain = int(num_train), int(num_val), int(num_pretrain)
         self.frames_per_scene = int(frames_per_scene)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.intrinsics = pinhole_intrinsics(self.image_hw, fov_deg)
@@ -122,10 +128,10 @@ class SyntheticIndoor:
 
     def num_scenes(self, split: str) -> int:
         """Number of scenes in ``split``."""
-        return self._counts[self._check_split(split)]
+        return getattr(self, f"num_{self._check_split(split)}")
 
     def _check_split(self, split: str) -> str:
-        if split not in self._counts:
+        if split not in _SPLIT_CODES:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
         return split
 

@@ -20,35 +20,49 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from datasets.types import Scene
+from datasets.types import IGNORE_INDEX, Scene
 
 
-def scene_sample(scene: Scene, num_points: int, seed: int) -> dict[str, np.ndarray]:
+def scene_sample(scene: Scene, num_points: int, seed: int,
+                 labelled: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``num_points`` points of ``scene`` (without replacement, or with it when the scene has fewer).
 
     The same seed gives the same sample. Coordinates are centred on the mean of ALL scene points
     (not of the sample), so the offset does not depend on the sample and maps predictions back.
-    Returns numpy ``xyz`` (n,3) float32, ``colors`` (n,3) float32 in [0,1], ``labels`` (n,) int64,
-    ``index`` (n,) int64 (sorted), ``offset`` (3,) float32, ``boxes`` (M,7) float32 shifted by the
-    offset and ``box_labels`` (M,) int64.
+    ``labelled`` (limited annotations): the indices of the only points whose labels count; they are
+    all in the sample (the rest of it drawn from the other points) and every other point is labelled
+    ``IGNORE_INDEX``. Returns numpy ``xyz`` (n,3) float32, ``colors`` (n,3) float32 in [0,1],
+    ``labels`` (n,) int64, ``index`` (n,) int64 (sorted), ``offset`` (3,) float32, ``boxes`` (M,7)
+    float32 shifted by the offset and ``box_labels`` (M,) int64.
     """
     n = scene.num_points
     if n == 0 or num_points < 1:
         raise ValueError(f"scene {scene.scene_id}: need points and num_points >= 1, got {n}, {num_points}")
     rng = np.random.default_rng(seed)
-    index = np.sort(rng.choice(n, size=num_points, replace=n < num_points)).astype(np.int64)
+    labels = scene.semantic
+    if labelled is None:
+        index = np.sort(rng.choice(n, size=num_points, replace=n < num_points)).astype(np.int64)
+    else:
+        keep = np.unique(np.asarray(labelled, dtype=np.int64))[:num_points]
+        rest = np.setdiff1d(np.arange(n), keep, assume_unique=True)
+        more = num_points - len(keep)
+        extra = rest[rng.choice(len(rest), size=more, replace=len(rest) < more)] if more and len(rest) else \
+            np.zeros(0, np.int64)
+        index = np.sort(np.concatenate([keep, extra])).astype(np.int64)
+        labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
+        labels[keep] = scene.semantic[keep]
     offset = scene.points.astype(np.float64).mean(axis=0).astype(np.float32)
     boxes = np.asarray(scene.boxes, dtype=np.float32).reshape(-1, 7).copy()
     boxes[:, :3] -= offset
     return {
         "xyz": scene.points[index].astype(np.float32) - offset,
         "colors": scene.colors[index].astype(np.float32) / 255.0,
-        "labels": scene.semantic[index].astype(np.int64),
+        "labels": labels[index].astype(np.int64),
         "index": index,
         "offset": offset,
         "boxes": boxes,
@@ -116,8 +130,12 @@ class SceneSamples(torch.utils.data.Dataset):
 
     def __init__(self, scenes_source: Sequence[Scene], num_points: int, tokenizer, seed: int = 0,
                  augment: bool = True, max_rotation: float = math.pi,
-                 scale_range: tuple[float, float] = (0.8, 1.2)):
+                 scale_range: tuple[float, float] = (0.8, 1.2), indices: Sequence[int] | None = None,
+                 labelled: Callable[[Scene], np.ndarray | None] | None = None):
         self.scenes = scenes_source
+        # A protocol's subset of the scenes (limited reconstructions) and of their labels (limited annotations).
+        self.indices = list(range(len(scenes_source))) if indices is None else list(indices)
+        self.labelled = labelled
         self.num_points = int(num_points)
         self.tokenizer = tokenizer
         self.seed = int(seed)
@@ -127,7 +145,7 @@ class SceneSamples(torch.utils.data.Dataset):
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return len(self.indices)
 
     def item_seed(self, index: int) -> int:
         """The seed of item ``index`` at the current epoch."""
@@ -135,7 +153,8 @@ class SceneSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         seed = self.item_seed(index)
-        sample = scene_sample(self.scenes[index], self.num_points, seed)
+        scene = self.scenes[self.indices[index]]
+        sample = scene_sample(scene, self.num_points, seed, self.labelled(scene) if self.labelled else None)
         if self.augment:
             # Its own stream, so turning augmentation on does not change which points are sampled.
             rng = np.random.default_rng([seed, 1])

@@ -5,13 +5,14 @@ int64 (N,) tensor (0 = no region) and return G tokens of K points, G and K fixed
 gin: ``Stage1.tokenizer = @SamGuidedTokenizer()``, ``KnnTokenizer.sampler = @ExactFPS()``.
 """
 from methods.tokenizers.knn import KnnTokenizer, knn_indices, majority
-from methods.tokenizers.sam_guided import SamGuidedTokenizer, allocate_tokens
+from methods.tokenizers.sam_guided import SamGuidedTokenizer, allocate_proportional, allocate_tokens
 from methods.tokenizers.sampling import (
     ExactFPS,
     RandomSampler,
     SubsampledFPS,
     farthest_point_sampling,
     segment_fps,
+    segment_fps_seeds,
 )
 from methods.tokenizers.token_set import TokenSet
 
@@ -22,9 +23,11 @@ __all__ = [
     "SamGuidedTokenizer",
     "SubsampledFPS",
     "TokenSet",
+    "allocate_proportional",
     "allocate_tokens",
     "farthest_point_sampling",
     "knn_indices",
     "majority",
     "segment_fps",
+    "segment_fps_seeds",
 ]

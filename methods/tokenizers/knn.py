@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from bench.checks import check_integer
 from methods.tokenizers.sampling import ExactFPS
 from methods.tokenizers.token_set import TokenSet, build_token_set, check_inputs, compact_ids
 
@@ -56,8 +57,8 @@ class KnnTokenizer:
     def __init__(
         self, num_tokens: int = 256, group_size: int = 128, seed: int = 0, sampler: Sampler | None = None
     ):
-        if num_tokens < 1 or group_size < 1:
-            raise ValueError(f"num_tokens, group_size: expected >= 1, got {num_tokens}, {group_size}")
+        check_integer("KnnTokenizer.num_tokens", num_tokens, 1)
+        check_integer("KnnTokenizer.group_size", group_size, 1)
         self.num_tokens = int(num_tokens)
         self.group_size = int(group_size)
         self.seed = int(seed)

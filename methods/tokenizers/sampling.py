@@ -86,6 +86,17 @@ def segment_fps(xyz: np.ndarray, counts: np.ndarray, seeds: np.ndarray, first: n
     One loop over FPS iterations (max seeds), vectorised over segments; float32 throughout (it only
     decides the split, never a coordinate).
     """
+    return _segment_fps(xyz, counts, seeds, first)[0]
+
+
+def segment_fps_seeds(xyz: np.ndarray, counts: np.ndarray, seeds: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The seeds ``segment_fps`` picks: (sum(seeds),) positions into ``xyz``, by segment, then in FPS order."""
+    return _segment_fps(xyz, counts, seeds, first)[1]
+
+
+def _segment_fps(xyz: np.ndarray, counts: np.ndarray, seeds: np.ndarray,
+                 first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label, seed positions) of ``segment_fps``."""
     x, y, z = (np.ascontiguousarray(xyz[:, i], dtype=np.float32) for i in range(3))
     ends = np.cumsum(counts)
     starts = ends - counts
@@ -96,9 +107,12 @@ def segment_fps(xyz: np.ndarray, counts: np.ndarray, seeds: np.ndarray, first: n
     num_iters = int(seeds[0]) if len(seeds) else 0
     # active[j] = number of segments that still want a seed at iteration j.
     active = np.searchsorted(-seeds, -np.arange(num_iters + 1), side="left")
-    if num_iters <= 1:
-        return label
+    offsets = np.cumsum(seeds) - seeds  # where each segment's seeds start in the returned positions
+    picked = np.empty(int(np.sum(seeds)), dtype=np.int64)
     cur = starts + first
+    picked[offsets] = cur
+    if num_iters <= 1:
+        return label, picked
     for j in range(num_iters):
         # Segments with one seed need no distance at all (every label is already 0).
         r = active[1] if j == 0 else active[j]
@@ -120,7 +134,8 @@ def segment_fps(xyz: np.ndarray, counts: np.ndarray, seeds: np.ndarray, first: n
         if r == 0:
             break
         cur = _segment_argmax(mind[: int(ends[r - 1])], starts[:r], reverse_pos)
-    return label
+        picked[offsets[:r] + j + 1] = cur
+    return label, picked
 
 
 def _segment_argmax(values: np.ndarray, starts: np.ndarray, reverse_pos: np.ndarray) -> np.ndarray:

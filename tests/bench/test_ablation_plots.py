@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from bench.plots.ablation import plot_ablation, plot_class_iou_vs_frequency, plot_loss_curves
 from bench.report import loss_curves_from_mlflow
@@ -59,3 +60,21 @@ def test_loss_curves_from_mlflow(tmp_path):
     curves = loss_curves_from_mlflow(uri, [run])
     assert curves == {"DD seed=0 stage1": [(0, 3.0), (1, 2.0), (2, 1.0)]}
     assert _is_png(plot_loss_curves(curves, tmp_path / "loss.png", "from MLflow"))
+
+
+def test_delta_error_bars_are_the_minimal_detectable_difference():
+    from matplotlib.figure import Figure
+
+    from bench.plots.ablation import _delta_panel
+
+    records = [{"row": row, "seed": s, "metrics": {c: 40.0 + (row == "two") * d for c in SPEC.columns}}
+               for row in SPEC.rows for s, d in enumerate([1.0, 2.0, 3.0])]
+    table = build_table(records, SPEC)
+    lines = table[table["column"] == SPEC.columns[0]].set_index("row").loc[["same", "two"]]
+    ax = Figure().subplots()
+    _delta_panel(ax, lines, "", SPEC.alpha, "ours")
+    (segments,) = [c.errorbar.lines[2][0].get_segments() for c in ax.containers if getattr(c, "errorbar", None)]
+    # 'two' moved by 1, 2, 3: Δ = 2, MDD = 4.303 / sqrt(3) = 2.484, so its bar spans 2 ± 2.484.
+    (_, low), (_, high) = segments[1]
+    assert (low, high) == (pytest.approx(2 - 2.48414, abs=1e-4), pytest.approx(2 + 2.48414, abs=1e-4))
+    assert segments[0][0][1] == segments[0][1][1] == 0.0  # 'same' equals the baseline on every seed: MDD 0

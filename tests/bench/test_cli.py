@@ -98,3 +98,10 @@ def test_allow_gin_imports_lets_a_trusted_file_import(tmp_path):
                                 f"--results_dir={tmp_path / 'out'}", env_extra={"PYTHONPATH": os.pathsep.join(
                                     filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}))
     assert "Required bindings" in line and marker.exists()
+
+
+def test_a_bad_value_of_a_row_is_one_line_naming_the_parameter_before_any_work(tmp_path):
+    line = _one_line_error(_run("--gin=gin/tables/table4_smoke.gin", "--gin_binding=TrainSchedule.epochs = -1",
+                                f"--results_dir={tmp_path / 'out'}"))
+    assert "TrainSchedule.epochs: expected an integer >= 1, got -1" in line and "row 'stage1'" in line
+    assert not (tmp_path / "out" / "cache").exists() and not (tmp_path / "out" / "mlflow.db").exists()

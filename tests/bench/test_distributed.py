@@ -113,9 +113,10 @@ def test_ddp_training_matches_one_process(tmp_path, one_thread):
         assert torch.equal(value, ranks[1]["params"][key]), key
     assert ranks[0]["history"] == ranks[1]["history"] and len(ranks[0]["history"]) == 3
     assert ranks[0]["history"][:2] == ranks[0]["first"]  # the resumed run continued, it did not restart
-    # rank 0 alone wrote: 2 epochs, then 1 resumed epoch (then 1 of steps.pt); one checkpoint, no temporary files left
+    # rank 0 alone wrote: 2 epochs, then 1 resumed epoch (then 1 of steps.pt); one checkpoint (and its
+    # checksum record), no temporary files left
     assert [r["saves"] for r in ranks] == [4, 0]
-    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["checkpoint.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint.pt", "checkpoint.pt.meta.json"]
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     _Regression().load_state_dict(state["model"])  # the unwrapped module's names, no "module." prefix
     assert state["history"] == ranks[0]["history"]
@@ -153,7 +154,7 @@ def test_table_end_to_end_under_torchrun(tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["world_size"] == "2"
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert all("synthetic/seg/mIoU" in c.data.metrics for c in children)
 
 

@@ -107,11 +107,53 @@ def test_a_changed_metric_code_is_never_answered_from_the_cache(straight, tmp_pa
 
 
 def test_a_failing_row_in_a_worker_fails_its_run_in_one_line(tmp_path):
-    with pytest.raises(HarnessError, match="no frame of synthetic/train"):
-        _run(tmp_path, ["Experiment.workers = 2", "SyntheticIndoor.num_train = 0",
+    # Masks with no region at all pass every check before the work (they depend on the data) and stop
+    # the preparation inside a worker.
+    with pytest.raises(HarnessError, match="found no region in any frame"):
+        _run(tmp_path, ["Experiment.workers = 2", "RenderedMaskSource.drop_small = 1_000_000",
                         "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}"])
     client = MlflowClient(default_tracking_uri(tmp_path))
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert failed and any("no frame" in r.data.tags.get("error", "") for r in failed)
+    assert failed and any("no region" in r.data.tags.get("error", "") for r in failed)
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_an_empty_training_split_fails_in_one_line(tmp_path):
+    expected = r"SyntheticIndoor: split 'train' has no scene \(SyntheticIndoor.num_train = 0\)"
+    with pytest.raises(HarnessError, match=expected):
+        _run(tmp_path, ["SyntheticIndoor.num_train = 0", "Experiment.rows = {'none': @none/FinetuneRow}"])
+
+
+def _damage(path) -> None:
+    """Overwrite bytes in the middle of ``path`` (256, or a quarter of a small file), keeping its size."""
+    data = bytearray(path.read_bytes())
+    n, middle = min(256, len(data) // 4), len(data) // 2
+    data[middle:middle + n] = bytes(b ^ 0xFF for b in data[middle:middle + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_cache_file_changed_in_place_is_recomputed_with_a_warning_never_used(straight, tmp_path, capsys):
+    """One file of every kind is damaged at the same size (a bad disk, a hand edit): each is reported
+    and made again, and the table is the straight run's."""
+    results, cells = straight
+    shutil.copytree(results / "cache", tmp_path / "cache")
+    cache = tmp_path / "cache"
+    row_result = next(p for p in (cache / "results").glob("*.json") if not p.name.endswith(".meta.json")
+                      and json.loads(p.read_text())["metrics"] == cells[("DD+MTP", 0)])
+    _damage(row_result)  # so that DD+MTP seed 0 is computed again and reads its steps
+    for checkpoint in cache.rglob("checkpoint.pt"):
+        _damage(checkpoint)
+    preparation = next(p for p in (cache / "prepare").iterdir() if p.is_dir())
+    for frame in (preparation / "frames").glob("*.npz"):
+        _damage(frame)
+    _damage(next((preparation / "scenes").glob("*.json")))
+    _damage(next(preparation.glob("groups-*.npz")))
+    _damage(next((cache / "scenes").glob("synthetic-train-*/synthetic-s0-train-0000.npz")))
+    _damage(next(p for p in (cache / "figures").glob("*.png")))
+    _same(cells, _run(tmp_path))
+    warnings = "\n".join(line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:"))
+    for kind in ("cached row result", "checkpoint", "preparation manifest", "groups file", "cached scene",
+                 "cached figure", "frames/"):
+        assert f"warning: {kind}" in warnings or kind == "frames/" and "/frames/" in warnings, kind
+    assert "differ from the checksum recorded when it was written" in warnings

@@ -47,7 +47,8 @@ def test_mlflow_has_a_parent_and_one_finished_child_per_row_and_seed(table4):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted((c.data.tags["row"], c.data.tags["seed"]) for c in children) == sorted(
-        (row, seed) for row in ("stage1", "stage1+MTP same stage", "stage1+stage2") for seed in ("0", "1"))
+        (row, seed) for row in ("stage1", "stage1, twice the epochs", "stage1+MTP same stage", "stage1+stage2")
+        for seed in ("0", "1"))
     for child in children:
         assert child.info.status == "FINISHED"
         assert all(key in child.data.metrics for key in METRICS)
@@ -60,17 +61,27 @@ def test_the_table_is_written_with_paper_numbers_and_conventions(table4):
     markdown = (folder / "table4.md").read_text()
     assert "| stage1+stage2 |" in markdown and "68.2" in markdown  # the paper's value beside ours
     assert "(2)" in markdown  # mean ± std over the 2 seeds
+    assert "(±" in markdown and "minimal detectable difference" in markdown  # each Δ's MDD over the 2 pairs
     assert "checkpoint: last epoch" in markdown and "synthetic (simulation)" in markdown
     assert (folder / "table4_pretrain_loss.png").stat().st_size > 0
 
 
-def test_a_second_invocation_reuses_every_cached_stage(table4):
-    results, _, first_time = table4
+def _convention(folder, name: str) -> str:
+    return next(line for line in (folder / "table4.md").read_text().splitlines() if line.startswith(f"- {name}: "))
+
+
+def test_a_second_invocation_reuses_every_cached_stage_and_reports_what_they_cost(table4):
+    results, first, first_time = table4
     before = _checkpoints(results)
     gin.clear_config()
     parse_config(["tables/table4_smoke.gin"], ["Experiment.seeds = 2"])
-    Experiment().run(results)
+    second = Experiment().run(results)
     assert _checkpoints(results) == before  # no stage, pretraining or fine-tuning, was trained again
+    # The table reports this invocation's wall time and the compute of every step it used, whichever
+    # invocation made them: the same as the first's, though this one computed nothing.
+    assert "(this invocation)" in _convention(second, "wall_time")
+    assert _convention(second, "compute") == _convention(first, "compute")
+    assert "every step the table used" in _convention(first, "compute")
 
 
 def test_an_interrupted_table_continues_where_it_stopped(tmp_path):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.tables import (PAPER_DIR, TableSpec, build_table, load_paper_table, paper_row, records_from_mlflow,
-                          to_csv, to_latex, to_markdown, write_table)
+from bench.tables import (PAPER_DIR, TableSpec, build_table, load_paper_table, minimal_detectable_difference,
+                          paper_row, records_from_mlflow, to_csv, to_latex, to_markdown, write_table)
 
 METRICS = ["scannet/det/AP25", "scannet/det/AP50", "s3dis/seg/mIoU", "s3dis/seg/mAcc"]
 
@@ -164,6 +164,48 @@ def test_build_table_deltas_and_paired_test():
     assert base["delta"] == 0.0 and math.isnan(base["p_value"])
 
 
+# t quantiles by hand: with 2 degrees of freedom t_p = (2p - 1) / sqrt(2p(1 - p)), so t_0.975 = 0.95 /
+# sqrt(0.04875) = 4.3027 and t_0.8 = 0.6 / sqrt(0.32) = 1.0607; with 1, t_p = tan(pi (p - 1/2)), t_0.975 = 12.706.
+T975_DF2, T80_DF2, T975_DF1 = 0.95 / math.sqrt(0.04875), 0.6 / math.sqrt(0.32), math.tan(0.475 * math.pi)
+
+
+def test_minimal_detectable_difference_by_hand():
+    # Differences 1, 2, 3: s_d = 1, n = 3: the 95 % CI half-width of their mean is 4.303 / sqrt(3) = 2.484.
+    assert T975_DF2 == pytest.approx(4.302653, abs=1e-6)
+    assert minimal_detectable_difference(1.0, 3) == pytest.approx(T975_DF2 / math.sqrt(3)) == pytest.approx(2.4841, abs=1e-4)
+    # At 80 % power: (4.303 + 1.061) / sqrt(3) = 3.097.
+    assert minimal_detectable_difference(1.0, 3, power=0.8) == pytest.approx((T975_DF2 + T80_DF2) / math.sqrt(3))
+    assert minimal_detectable_difference(2.0, 3, alpha=0.05) == pytest.approx(2 * T975_DF2 / math.sqrt(3))
+    assert math.isnan(minimal_detectable_difference(1.0, 1)) and minimal_detectable_difference(0.0, 4) == 0.0
+    # The CI half-width is the p = alpha boundary: a mean difference of exactly the MDD gives p = 0.05.
+    diff = np.array([1.0, 2.0, 3.0])
+    shifted = diff - diff.mean() + minimal_detectable_difference(1.0, 3)
+    assert stats.ttest_1samp(shifted, 0.0).pvalue == pytest.approx(0.05)
+
+
+def test_build_table_minimal_detectable_difference():
+    table = build_table(_records(), SPEC)
+    # dd AP25: differences 1, 2, 1 -> s_d = sqrt(1/3); MDD = 4.303 * sqrt(1/3) / sqrt(3) = 4.303 / 3 = 1.434.
+    assert _line(table, "dd", AP)["mdd"] == pytest.approx(T975_DF2 / 3)
+    # dd mIoU: seeds 0, 1 only, differences -1, -2 -> s_d = sqrt(1/2); MDD = 12.706 * sqrt(1/2) / sqrt(2) = 6.353.
+    assert _line(table, "dd", MIOU)["mdd"] == pytest.approx(T975_DF1 / 2)
+    assert _line(table, "full", AP)["mdd"] == 0.0  # constant differences: s_d = 0 (and no test)
+    assert math.isnan(_line(table, "base", AP)["mdd"]) and math.isnan(_line(table, "extra", AP)["mdd"])
+    powered = build_table(_records(), TableSpec(**{**vars(SPEC), "mdd_power": 0.8}))
+    assert _line(powered, "dd", AP)["mdd"] == pytest.approx((T975_DF2 + T80_DF2) / 3)
+    strict = build_table(_records(), TableSpec(**{**vars(SPEC), "alpha": 0.01}))
+    assert _line(strict, "dd", AP)["mdd"] == pytest.approx(stats.t.ppf(0.995, 2) / 3)
+    one = build_table([r for r in _records() if r["seed"] == 0], SPEC)  # one paired seed: no MDD
+    assert math.isnan(_line(one, "dd", AP)["mdd"])
+
+
+@pytest.mark.parametrize("field, value", [("alpha", 0.0), ("alpha", 1.5), ("mdd_power", 0.3), ("mdd_power", 1.0)])
+def test_table_spec_refuses_bad_test_parameters(field, value):
+    with pytest.raises(ValueError, match=f"{field}: expected") as err:
+        TableSpec(**{**vars(SPEC), field: value})
+    assert "\n" not in str(err.value)
+
+
 def test_build_table_paper_columns():
     table = build_table(_records(), SPEC)
     assert _line(table, "dd", AP)["paper"] == 62.4
@@ -210,9 +252,11 @@ def test_markdown_has_header_one_line_per_row_legend_and_conventions():
     assert len(lines) == 2 + len(SPEC.rows)
     assert lines[0].startswith("| row | paper row | synthetic/det/AP25 | Δ | paper scannet/det/AP25 (Δ) |")
     assert "| base | none | 12.0 ± 2.0 (3) | base | 61.1 |" in md
-    assert "| dd | DD | 13.3 ± 2.1 (3) | +1.3 | 62.4 (+1.3) | 49.5 ± 0.7 (2) | -1.5 | 66.2 (+5.1) |" in md
+    assert "| dd | DD | 13.3 ± 2.1 (3) | +1.3 (±1.4) | 62.4 (+1.3) | 49.5 ± 0.7 (2) | -1.5 (±6.4) | 66.2 (+5.1) |" in md
+    assert "| full | DD+MTP+BR+SAM | 15.0 ± 2.0 (3) | +3.0 (±0.0) |" in md
     assert "synthetic benchmark (simulation)" in md.splitlines()[0]
     assert "p < 0.05" in md and "paired t-test" in md
+    assert "(±m): minimal detectable difference at p < 0.05" in md and "half-width of the 95 % confidence interval" in md
     assert "- checkpoint: last epoch" in md and "- wall_time: 1 s" in md and "- hand-made records" in md
 
 
@@ -221,9 +265,14 @@ def test_markdown_marks_significance_and_single_seeds():
                for row in ("base", "dd") for s, v in enumerate([10.0, 12.0, 11.0])]
     spec = TableSpec(name="s", rows={"base": "", "dd": ""}, baseline_row="base", columns=[AP])
     md = to_markdown(build_table(records, spec), spec, {})
-    assert "+5.1\\*" in md and "checkpoint: not stated" in md
+    # Differences 5.0, 5.1, 5.2: s_d = 0.1, MDD = 4.303 * 0.1 / sqrt(3) = 0.248.
+    assert "+5.1\\* (±0.2) |" in md and "checkpoint: not stated" in md
     one = to_markdown(build_table(records[:1] + records[3:4], spec), spec, {})
-    assert "| base | 10.0 | base |" in one and "| dd | 15.0 | +5.0 |" in one
+    assert "| base | 10.0 | base |" in one and "| dd | 15.0 | +5.0 |" in one  # one pair: no test, no MDD
+    powered = TableSpec(**{**vars(spec), "mdd_power": 0.8})
+    md = to_markdown(build_table(records, powered), powered, {}, digits=2)
+    # (4.303 + 1.061) * 0.1 / sqrt(3) = 0.31
+    assert "+5.10\\* (MDD 0.31) |" in md and "80 % power" in md and "(±m)" not in md
 
 
 def test_latex_is_booktabs_and_escaped():
@@ -232,6 +281,8 @@ def test_latex_is_booktabs_and_escaped():
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\end{tabular}" in tex
     assert r"synthetic/det/AP25" in tex and r"wall\_time" in tex and r"lr\_\%: a\_b \& c" in tex
     assert r"12.0 $\pm$ 2.0 (3)" in tex and "±" not in tex
+    assert r"+1.3 ($\pm$1.4)" in tex and r"$-$1.5 ($\pm$6.4)" in tex
+    assert not any(c in tex for c in "·√−")  # the legend's formula is set in LaTeX too
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
     assert len(body) == len(SPEC.rows) and all(l.count(" & ") == 1 + 3 * 2 for l in body)
     assert tex.count("{") == tex.count("}")
@@ -241,7 +292,8 @@ def test_csv_round_trips_and_write_table(tmp_path):
     table = build_table(_records(), SPEC)
     back = pd.read_csv(io.StringIO(to_csv(table, SPEC, CONVENTIONS)), keep_default_na=False, na_values=[""])
     assert list(back.columns) == list(table.columns) and list(back["row"]) == list(table["row"])
-    for column in ("n", "mean", "std", "delta", "p_value", "paper", "paper_delta"):
+    assert "mdd" in back.columns
+    for column in ("n", "mean", "std", "delta", "p_value", "mdd", "paper", "paper_delta"):
         np.testing.assert_allclose(back[column].to_numpy(float), table[column].to_numpy(float), rtol=0, atol=0)
     paths = write_table(tmp_path / "out", table, SPEC, CONVENTIONS)
     assert [p.name for p in paths] == ["t3.csv", "t3.md", "t3.tex"] and all(p.stat().st_size > 0 for p in paths)
@@ -299,7 +351,7 @@ def test_table_spec_is_built_by_gin():
     assert spec.rows["two"] == "stage1+stage2" and list(table["paper_delta"]) == [0.0, pytest.approx(68.2 - 65.2)]
 
 
-def test_conventions_name_other_pretraining_data_and_simulations():
+def test_conventions_name_the_pretraining_data_and_simulations():
     from bench.report import conventions
     from datasets.s3dis import S3DIS_INFO
     from datasets.synthetic import SyntheticIndoor
@@ -307,7 +359,7 @@ def test_conventions_name_other_pretraining_data_and_simulations():
     real = conventions("paper", [0, 1], S3DIS_INFO, {"pretraining data": "scannet/train"}, 60.0)
     assert real["dataset"] == "s3dis; pretraining frames: scannet/train" and not real["simulation"]
     same = conventions("paper", [0], S3DIS_INFO, {"pretraining data": "s3dis/train"}, 60.0)
-    assert same["dataset"] == "s3dis"
+    assert same["dataset"] == "s3dis; pretraining frames: s3dis/train"  # always said, e.g. an unlabelled split
     simulated = conventions("demo", [0], S3DIS_INFO, {"pretraining data": "synthetic/train"}, 60.0)
     assert simulated["simulation"] and "synthetic/train" in simulated["dataset"]
     synthetic = SyntheticIndoor(num_train=1, num_val=1).info

@@ -90,6 +90,29 @@ def test_resume_skips_finished_scenes_and_redoes_unfinished_ones(tmp_path, monke
     assert calls == [1] and again.frame_ids == split.frame_ids
 
 
+@pytest.mark.parametrize("damage", ["truncate", "same_size"])
+def test_a_damaged_scene_manifest_is_reported_and_the_scene_prepared_again(tmp_path, monkeypatch, capsys, damage):
+    dataset, preparation = _dataset(), _preparation()
+    split = preparation.prepare(dataset, "train", tmp_path)
+    manifest = split.folder / "scenes" / f"{dataset.scene_id('train', 1)}.json"
+    data = manifest.read_bytes()
+    manifest.write_bytes(data[: len(data) // 2] if damage == "truncate" else data.replace(b"f00", b"f09"))
+    calls = []
+    original = SyntheticIndoor.scene
+    monkeypatch.setattr(SyntheticIndoor, "scene", lambda self, s, i: calls.append(i) or original(self, s, i))
+    again = preparation.prepare(dataset, "train", tmp_path)
+    assert calls == [1] and again.frame_ids == split.frame_ids
+    assert f"warning: preparation manifest {manifest}" in capsys.readouterr().out
+
+
+def test_the_groups_follow_every_parameter_of_the_preparation(prepared, tmp_path):
+    """K = 4 and K = 2 share the prepared frames but not the groups, nor what pretraining is keyed by."""
+    dataset, preparation, split, _ = prepared
+    other = _preparation(num_groups=2).prepare(dataset, "train", tmp_path)
+    assert len(other.groups["centroids"]) == 2 and len(split.groups["centroids"]) == 4
+    assert other.key != split.key and other.folder.name == split.folder.name
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "wrong_dtype"])
 def test_a_damaged_frame_file_is_detected_and_recomputed(tmp_path, damage):
     dataset, preparation = _dataset(), _preparation()

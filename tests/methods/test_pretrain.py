@@ -75,3 +75,20 @@ def test_a_rerun_trains_nothing_and_a_changed_stage2_retrains_only_stage2(first_
     new = set(after) - set(checkpoints)
     assert len(new) == 1 and next(iter(new)).startswith("stage2-")
     assert all(after[name] == mtime for name, mtime in checkpoints.items())
+
+
+def test_each_stage_logs_its_token_report(first_run):
+    results, _, _ = first_run
+    client = MlflowClient(default_tracking_uri(results))
+    experiment = client.get_experiment_by_name("synthetic_pretrain_smoke")
+
+    def metrics(row):  # of the row's latest run (the tests above re-run the experiment)
+        return client.search_runs([experiment.experiment_id], f"tags.row = '{row}'")[0].data.metrics
+
+    two = metrics("stage1 + stage2")  # both stages of the chain report
+    for stage in ("stage1", "stage2"):
+        assert two[f"tokens/{stage}/frames"] == 4  # the smoke split has 2 scenes x 2 frames
+        assert 0 < two[f"tokens/{stage}/coverage_mean"] <= 1 and two[f"tokens/{stage}/tokens_max"] <= 16
+        assert two[f"tokens/{stage}/mixed_mean"] == 0.0  # SAM-guided tokens never mix regions
+    knn = metrics("stage1 (KNN tokens)")
+    assert knn["tokens/stage1_knn/tokens_mean"] == 16 and knn["tokens/stage1_knn/points_per_token_mean"] == 16

@@ -16,8 +16,11 @@ from methods.tokenizers import (
     SamGuidedTokenizer,
     SubsampledFPS,
     TokenSet,
+    allocate_proportional,
     allocate_tokens,
     farthest_point_sampling,
+    segment_fps,
+    segment_fps_seeds,
 )
 from datasets.sunrgbd import load_votenet_frame
 from methods.masks import ClassicalMaskSource
@@ -311,3 +314,208 @@ def test_real_frame_sam_tokens_are_pure_and_knn_tokens_mix(real_data):
     mixing = float(((mix > 0).sum(-1) > 1).float().mean())
     print(f"\nSUN RGB-D 000001, 20k points, Felzenszwalb regions: {mixing:.1%} of 256x128 KNN tokens mix regions")
     assert mixing > 0.3
+
+
+# ---------------------------------------------------------------- SAM-guided options (budget, split, centre)
+
+
+def zipf_frame(n: int, num_regions: int, seed: int, unassigned: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points in regions of Zipf-like sizes (10 % in no region), each region a blob around its centre."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, num_regions + 1) ** 1.1
+    regions = rng.choice(np.arange(1, num_regions + 1), size=n, p=w / w.sum())
+    regions[rng.random(n) < unassigned] = 0
+    xyz = (rng.random((num_regions + 1, 3)) * 8)[regions] + rng.normal(size=(n, 3)) * 0.4
+    return torch.from_numpy(xyz.astype(np.float32)), torch.from_numpy(regions.astype(np.int64))
+
+
+def _integer_digest(tokens: TokenSet) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for field in ("index", "valid", "point_regions", "region"):
+        h.update(getattr(tokens, field).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("n, num_regions, kwargs, expected", [
+    (20000, 400, dict(num_tokens=256, group_size=128), "0ebc159ca3a4522f"),
+    (20000, 150, dict(num_tokens=256, group_size=128), "aeb01d2b6f41a166"),
+    (4096, 80, dict(num_tokens=64, group_size=32), "6b9f439e1693f344"),
+    (4096, 20, dict(num_tokens=64, group_size=32, unassigned="drop"), "2e986343d99e4bb8"),
+    (4096, 80, dict(num_tokens=32, group_size=16, min_region_points=5), "47eab546fe752b76"),
+])
+def test_sam_defaults_give_the_tokens_of_before_the_options(n, num_regions, kwargs, expected):
+    # Digests of the tokens the tokenizer gave before budget/split/center existed (same inputs, seed 7);
+    # the centres were compared bit for bit too, on 120 inputs, when the options were added.
+    xyz, regions = zipf_frame(n, num_regions, seed=1)
+    tokens = SamGuidedTokenizer(**kwargs)(xyz, regions, seed=7)
+    assert _integer_digest(tokens) == expected
+    explicit = SamGuidedTokenizer(**kwargs, budget="one_each", split="nearest_seed", center="sampled")
+    assert _integer_digest(explicit(xyz, regions, seed=7)) == expected
+    assert_region_pure_with_mean_centres(tokens, xyz, regions)
+
+
+def test_allocate_proportional_by_hand():
+    # Wants [100, 10, 1, 1, 1] exceed 4. Shares 4 * n / 1120: 3.57, 0.36, 0.04, 0.02, 0.02; floors give
+    # [3, 0, 0, 0, 0] and the last token goes to the largest remainder (.57): region 0.
+    assert allocate_proportional(np.array([1000, 100, 10, 5, 5]), 10, 4).tolist() == [4, 0, 0, 0, 0]
+    assert allocate_tokens(np.array([1000, 100, 10, 5, 5]), 10, 4).tolist() == [1, 1, 1, 1, 0]  # today's rule
+    # Cap: wants [3, 1, 1, 1, 1, 1] exceed 5; region 0's share 5 * 300 / 400 = 3.75 reaches its want 3, so it
+    # gets 3; the 2 left are shared over five equal regions (0.4 each): ties go to the lower index.
+    assert allocate_proportional(np.array([300, 20, 20, 20, 20, 20]), 100, 5).tolist() == [3, 1, 1, 0, 0, 0]
+    assert allocate_proportional(np.array([30, 5]), 10, 20).tolist() == [3, 1]  # fits: granted
+    # Wants [5, 3, 2] exceed 2: shares 1.0, 0.6, 0.4 -> [1, 0, 0] + the largest remainder (.6).
+    assert allocate_proportional(np.array([50, 30, 20]), 10, 2).tolist() == [1, 1, 0]
+
+
+def test_allocate_proportional_spends_the_budget_and_never_exceeds_a_want():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = rng.integers(1, 3000, size=rng.integers(1, 300))
+        k, g = int(rng.choice([16, 32, 128])), int(rng.integers(1, 300))
+        want = -(-counts // k)
+        alloc = allocate_proportional(counts, k, g)
+        assert alloc.sum() == min(g, want.sum()) and (alloc >= 0).all() and (alloc <= want).all()
+        # Larger regions never get fewer tokens than smaller ones, unless the smaller one's want is met.
+        larger = counts[:, None] > counts[None, :]
+        assert (~larger | (alloc[:, None] >= alloc[None, :]) | (alloc == want)[:, None]).all()
+
+
+def hand_made_split_frame() -> tuple[torch.Tensor, torch.Tensor]:
+    """Region 2: cluster A (x = 0..5, points 0-5) and cluster B (x = 100, 101, points 6-7); region 1: four
+    points right next to B (x = 102..105, y = 0.5, points 8-11). K = 4."""
+    x = np.array([0, 1, 2, 3, 4, 5, 100, 101, 102, 103, 104, 105], dtype=np.float32)
+    y = np.array([0] * 8 + [0.5] * 4, dtype=np.float32)
+    xyz = np.stack([x, y, np.zeros_like(x)], axis=1)
+    return torch.from_numpy(xyz), torch.tensor([2] * 8 + [1] * 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sam_split_knn_takes_the_k_nearest_inside_the_region(seed):
+    xyz, regions = hand_made_split_frame()
+    tokens = SamGuidedTokenizer(num_tokens=8, group_size=4, split="knn")(xyz, regions, seed=seed)
+    # Region 2 wants 2 tokens, region 1 one; larger allocations first.
+    assert tokens.valid.tolist() == [True] * 3 + [False] * 5 and tokens.region[:3].tolist() == [2, 2, 1]
+    sets = [set(tokens.index[g].tolist()) for g in range(3)]
+    # FPS puts one seed in A and one in B; B's 4 nearest inside region 2 are B and A's two nearest
+    # points, never region 1's points next to it.
+    assert {4, 5, 6, 7} in sets[:2]
+    (a,) = [s for s in sets[:2] if s != {4, 5, 6, 7}]
+    assert len(a) == 4 and a <= set(range(6))
+    assert sets[2] == {8, 9, 10, 11}
+    assert (tokens.index[:3, 0] != tokens.index[:3, 1]).all()  # K distinct points, nearest (the seed) first
+    assert_region_pure_with_mean_centres(tokens, xyz, regions)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sam_split_nearest_seed_keeps_clusters_and_samples_large_parts(seed):
+    xyz, regions = hand_made_split_frame()
+    tokens = SamGuidedTokenizer(num_tokens=8, group_size=4)(xyz, regions, seed=seed)
+    sets = [set(tokens.index[g].tolist()) for g in range(3)]
+    assert {6, 7} in sets[:2]  # B alone, its 2 points repeated to K = 4
+    (a,) = [s for s in sets[:2] if s != {6, 7}]
+    assert len(a) == 4 and a <= set(range(6))  # A's 6 points sampled down to 4: two are left out
+    assert sets[2] == {8, 9, 10, 11}
+
+
+def test_sam_split_knn_seeds_are_region_fps_and_tokens_brute_force_knn():
+    xyz, regions = zipf_frame(3000, 30, seed=2, unassigned=0.0)
+    tokens = SamGuidedTokenizer(num_tokens=64, group_size=16, split="knn")(xyz, regions, seed=3)
+    valid = tokens.valid.numpy()
+    index, token_region = tokens.index.numpy()[valid], tokens.region.numpy()[valid]
+    points, ids = xyz.numpy(), regions.numpy()
+    for r in np.unique(token_region):
+        mine = index[token_region == r]
+        inside = np.flatnonzero(ids == r)
+        if len(inside) < 16:
+            assert len(mine) == 1 and set(mine[0].tolist()) == set(inside.tolist())
+            continue
+        local = {int(p): i for i, p in enumerate(inside)}
+        seeds = reference_fps(points[inside], len(mine), local[int(mine[0, 0])])
+        assert [int(inside[s]) for s in seeds] == mine[:, 0].tolist()  # FPS inside the region
+        dist = np.linalg.norm(points[inside][None] - points[mine[:, 0]][:, None], axis=2)
+        nearest = inside[np.argsort(dist, axis=1, kind="stable")[:, :16]]
+        assert [set(row) for row in nearest.tolist()] == [set(row) for row in mine.tolist()]
+
+
+def test_segment_fps_seeds_match_fps_per_segment():
+    xyz = cloud(300, seed=4).numpy()
+    counts, seeds, first = np.array([120, 100, 50, 30]), np.array([7, 5, 5, 1]), np.array([3, 0, 49, 10])
+    picked = segment_fps_seeds(xyz, counts, seeds, first)
+    starts = np.cumsum(counts) - counts
+    expected = [starts[s] + i for s in range(4)
+                for i in reference_fps(xyz[starts[s]:starts[s] + counts[s]], int(seeds[s]), int(first[s]))]
+    assert picked.tolist() == expected
+    labels = segment_fps(xyz, counts, seeds, first)
+    for s in range(4):  # each point's label is its nearest seed of the segment
+        part = slice(starts[s], starts[s] + counts[s])
+        own = picked[sum(seeds[:s]):sum(seeds[:s + 1])]
+        d = np.linalg.norm(xyz[part][:, None] - xyz[own][None], axis=2)
+        assert (labels[part] == d.argmin(axis=1)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sam_center_all_is_the_mean_of_every_point_of_the_part(seed):
+    xyz, regions = hand_made_split_frame()
+    tokens = SamGuidedTokenizer(num_tokens=8, group_size=4, center="all")(xyz, regions, seed=seed)
+    by_set = {frozenset(tokens.index[g].tolist()): tokens.centers[g] for g in range(3)}
+    a_center = next(c for s, c in by_set.items() if s <= set(range(6)))
+    # A's part has 6 points (x = 0..5), only 4 sampled: its centre is still x = 2.5, the mean of all six.
+    torch.testing.assert_close(a_center, torch.tensor([2.5, 0.0, 0.0]))
+    torch.testing.assert_close(by_set[frozenset({6, 7})], torch.tensor([100.5, 0.0, 0.0]))
+    sampled = SamGuidedTokenizer(num_tokens=8, group_size=4)(xyz, regions, seed=seed)
+    assert torch.equal(sampled.index, tokens.index)  # the centre rule changes the centres only
+    torch.testing.assert_close(tokens.rel, xyz[tokens.index] - tokens.centers[:, None])
+
+
+def test_sam_center_all_and_sampled_differ_only_where_parts_exceed_k():
+    xyz, regions = zipf_frame(4096, 40, seed=5)
+    sampled = SamGuidedTokenizer(64, 32)(xyz, regions, seed=1)
+    every = SamGuidedTokenizer(64, 32, center="all")(xyz, regions, seed=1)
+    assert torch.equal(sampled.index, every.index)
+    gap = (sampled.centers - every.centers).norm(dim=-1)
+    assert gap.max() > 1e-3  # large parts: the K sampled points' mean is not the part's mean
+    knn = [SamGuidedTokenizer(64, 32, split="knn", center=c)(xyz, regions, seed=1) for c in ("sampled", "all")]
+    torch.testing.assert_close(knn[0].centers, knn[1].centers)  # KNN parts are their K points
+
+
+def test_sam_budget_proportional_by_hand():
+    # Regions of 64, 16, 4 and 4 points, far apart; G = 4, K = 8: wants [8, 2, 1, 1] exceed 4.
+    # one_each: one token per region. proportional: shares 4 * [64, 16, 4, 4] / 88 = 2.91, 0.73, 0.18,
+    # 0.18 -> floors [2, 0, 0, 0], the two left to the largest remainders: [3, 1, 0, 0].
+    sizes = [64, 16, 4, 4]
+    regions = torch.from_numpy(np.repeat([1, 2, 3, 4], sizes))
+    rng = np.random.default_rng(0)
+    xyz = torch.from_numpy((rng.random((88, 3)) + regions.numpy()[:, None] * 10).astype(np.float32))
+    counts = {}
+    for budget in ("one_each", "proportional"):
+        tokens = SamGuidedTokenizer(num_tokens=4, group_size=8, budget=budget)(xyz, regions)
+        counts[budget] = torch.bincount(tokens.region[tokens.valid], minlength=5)[1:].tolist()
+        assert_region_pure_with_mean_centres(tokens, xyz, regions)
+    assert counts == {"one_each": [1, 1, 1, 1], "proportional": [3, 1, 0, 0]}
+
+
+def test_sam_budget_proportional_on_many_regions_matches_its_allocation():
+    xyz, regions = zipf_frame(20000, 400, seed=3)
+    for split in ("nearest_seed", "knn"):
+        tokens = SamGuidedTokenizer(256, 128, budget="proportional", split=split)(xyz, regions, seed=0)
+        ids, counts = np.unique(regions.numpy(), return_counts=True)
+        per_region = torch.bincount(tokens.region[tokens.valid], minlength=int(ids.max()) + 1).numpy()[ids]
+        assert per_region.tolist() == allocate_proportional(counts, 128, 256).tolist()
+        assert int(tokens.valid.sum()) == 256
+        assert_region_pure_with_mean_centres(tokens, xyz, regions)
+
+
+@pytest.mark.parametrize("name", ["budget", "split", "center"])
+def test_bad_option_values_raise_one_line(name):
+    with pytest.raises(ValueError, match=f"^{name}: expected one of") as err:
+        SamGuidedTokenizer(**{name: "largest-first"})
+    assert "\n" not in str(err.value)
+
+
+def test_options_are_gin_parameters():
+    gin.parse_config("SamGuidedTokenizer.budget = 'proportional'\nSamGuidedTokenizer.split = 'knn'\n"
+                     "SamGuidedTokenizer.center = 'all'")
+    tokenizer = gin.get_configurable(SamGuidedTokenizer)()
+    assert (tokenizer.budget, tokenizer.split, tokenizer.center) == ("proportional", "knn", "all")

@@ -99,4 +99,59 @@ def test_a_finished_checkpoint_trains_nothing_and_a_corrupt_one_restarts(tmp_pat
     again = train(_Regression(), _Data(), _collate, SCHEDULE, path, seed=1)
     assert again == first and path.stat().st_mtime_ns == before
     path.write_bytes(path.read_bytes()[:100])
-    assert load_checkpoint(path) is None and "unreadable" in capsys.readouterr().out
+    assert load_checkpoint(path) is None and "training from scratch" in capsys.readouterr().out
+
+
+def test_a_checkpoint_changed_in_place_is_not_used(tmp_path, capsys):
+    """256 bytes overwritten inside the file (same size, still a readable zip) fail its checksum."""
+    path = tmp_path / "c.pt"
+    torch.manual_seed(0)
+    first = train(_Regression(), _Data(), _collate, SCHEDULE, path, seed=1)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 256] = bytes(256)
+    path.write_bytes(bytes(data))
+    torch.manual_seed(0)
+    again = train(_Regression(), _Data(), _collate, SCHEDULE, path, seed=1)
+    out = capsys.readouterr().out
+    assert "differ from the checksum" in out and "trained epochs 1-6" in out
+    assert again == first
+
+
+@pytest.mark.parametrize("contents", ["not a checkpoint", "another model"])
+def test_a_checkpoint_with_other_contents_is_retrained_with_a_warning(tmp_path, capsys, contents):
+    """A file whose checksum matches but that holds something else (another model's checkpoint, a
+    plain dict) is reported in one line and trained again, never loaded half-way."""
+    import io
+
+    from bench.io import write_cache_file
+
+    path = tmp_path / "c.pt"
+    torch.manual_seed(0)
+    first = train(_Regression(), _Data(), _collate, SCHEDULE, path, seed=1)
+    buffer = io.BytesIO()
+    if contents == "not a checkpoint":
+        torch.save({"weights": torch.zeros(3)}, buffer)
+    else:
+        state = torch.load(path, weights_only=True)
+        state["model"] = torch.nn.Linear(5, 2).state_dict()
+        torch.save(state, buffer)
+    write_cache_file(path, buffer.getvalue())
+    torch.manual_seed(0)
+    again = train(_Regression(), _Data(), _collate, SCHEDULE, path, seed=1)
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(path) in warning[0] and "training from scratch" in warning[0]
+    assert again == first
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("epochs", -1, "TrainSchedule.epochs: expected an integer >= 1, got -1"),
+    ("batch_size", 0, "TrainSchedule.batch_size: expected an integer >= 1, got 0"),
+    ("lr", 0.0, "TrainSchedule.lr: expected a number > 0, got 0.0"),
+    ("warmup_epochs", 1.5, "TrainSchedule.warmup_epochs: expected an integer >= 0, got 1.5"),
+    ("device", "gpu7", "TrainSchedule.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu7'"),
+])
+def test_schedule_values_are_checked_when_it_is_built(field, value, expected):
+    with pytest.raises(ValueError) as info:
+        TrainSchedule(**{field: value})
+    assert str(info.value) == expected

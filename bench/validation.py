@@ -1,0 +1,116 @@
+"""Everything an experiment will use, checked before any work, each problem in one line.
+
+``validate_rows`` builds every row: a component that cannot be built, a value its constructor refuses
+(``bench.checks``) or an input file it reads when built (a SAM checkpoint, a DINOv2 directory) is a
+one-line error naming the row and the parameter or file. It then checks that every split a row reads
+has scenes (reading the dataset's split lists, so a wrong root fails here too), and warns when a token
+would repeat most of its points (``group_size`` far above the points it is drawn from).
+"""
+from __future__ import annotations
+
+import inspect
+import pathlib
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+
+from bench.config import describe_gin_error
+from bench.errors import DataError, HarnessError
+
+
+def build_row(name: str, factory: Callable) -> object:
+    """``factory()``, or a one-line HarnessError naming the row and (through gin) the parameter."""
+    try:
+        return factory()
+    except Exception as e:  # gin passes constructors' errors through with the configurable's name
+        raise HarnessError(describe_gin_error(e, source=f"row {name!r} cannot be built")) from None
+
+
+def components(obj, _seen: set | None = None) -> Iterator[object]:
+    """``obj`` and every object reachable from it through public attributes, lists, tuples and dicts."""
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen or obj is None or isinstance(obj, (bool, int, float, str, bytes, pathlib.PurePath,
+                                                          np.ndarray, np.generic, type)):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (list, tuple, set)):
+        values = list(obj)
+    elif isinstance(obj, Mapping):
+        values = list(obj.values())
+    elif hasattr(obj, "__dict__") and not (inspect.isroutine(obj) or inspect.ismodule(obj)):
+        if type(obj).__module__.startswith("torch"):  # built models hold nothing configured
+            return
+        yield obj
+        values = [v for k, v in vars(obj).items() if not k.startswith("_")]
+    else:
+        return
+    for value in values:
+        yield from components(value, seen)
+
+
+def validate_rows(rows: Mapping[str, Callable], dataset, train_split: str, eval_split: str) -> dict[str, object]:
+    """Build and check every row (module docstring); returns row name -> built row."""
+    from methods.pretrain import PretrainRow
+
+    built = {name: build_row(name, factory) for name, factory in rows.items()}
+    needed = {(id(dataset), train_split): (dataset, train_split, "the experiment's train split")}
+    if any(not isinstance(row, PretrainRow) for row in built.values()):  # some row is evaluated
+        needed[(id(dataset), eval_split)] = (dataset, eval_split, "the experiment's evaluation split")
+    warnings: list[str] = []
+    for name, row in built.items():
+        for component in components(row):
+            if isinstance(component, PretrainRow):
+                source = (component.dataset or dataset, component.split or train_split)
+                needed.setdefault((id(source[0]), source[1]), (*source, f"row {name!r} pretrains on its frames"))
+        warnings += token_warnings(row)
+    for source, split, why in needed.values():
+        _check_split(source, split, why)
+    for line in dict.fromkeys(warnings):
+        print(f"warning: {line}")
+    return built
+
+
+def _check_split(dataset, split: str, why: str) -> None:
+    """DataError in one line unless ``split`` of ``dataset`` has at least one scene."""
+    kind = type(dataset).__name__
+    try:
+        count = dataset.num_scenes(split)
+    except HarnessError:
+        raise
+    except Exception as e:  # a reader's unknown split, missing list file...
+        raise DataError(f"{kind}: cannot list the scenes of split {split!r} ({why}): {_first_line(e)}") from None
+    if count < 1:
+        setting = f" ({kind}.num_{split} = {count})" if hasattr(dataset, f"num_{split}") else ""
+        raise DataError(f"{kind}: split {split!r} has no scene{setting}; expected at least one ({why})")
+
+
+def token_warnings(row) -> list[str]:
+    """Where a tokenizer's ``group_size`` is more than twice the points its tokens are drawn from, so
+    that each token would repeat most of its points (``group_size`` points from at most that many)."""
+    from methods.finetune import FinetuneRow
+    from methods.pretrain import PretrainRow
+
+    pairs = []  # (tokenizer, where it is set, points, where they are set)
+    for component in components(row):
+        if isinstance(component, PretrainRow):
+            stage = component.stage
+            while stage is not None:
+                pairs.append((stage.tokenizer, f"{stage.name} stage", component.preparation.points_per_frame,
+                              "FramePreparation.points_per_frame"))
+                stage = stage.previous
+        elif isinstance(component, FinetuneRow):
+            for spec in (component.segmentation, component.detection):
+                if spec is not None:
+                    pairs.append((spec.tokenizer, type(spec).__name__, spec.num_points,
+                                  f"{type(spec).__name__}.num_points"))
+    lines = []
+    for tokenizer, where, points, points_name in pairs:
+        size = getattr(tokenizer, "group_size", None)
+        if isinstance(size, int) and size > 2 * points:
+            lines.append(f"{type(tokenizer).__name__}.group_size = {size} ({where}) but {points_name} = {points}: "
+                         f"each token would repeat most of its {size} points (at most {points} are distinct)")
+    return lines
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,111 @@
+"""Bad input fails before any work, in one line naming the parameter or file (issue 12, item 3)."""
+from __future__ import annotations
+
+import json
+
+import gin
+import pytest
+
+from bench.config import describe_gin_error, parse_config
+from bench.errors import HarnessError
+from bench.runner import Experiment
+from bench.validation import validate_rows
+
+TABLE = ["tables/table4_smoke.gin"]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _error(tmp_path, bindings) -> str:
+    """The one-line error of a table4 smoke run with ``bindings``, as the command line would print it;
+    checks that nothing was computed or tracked."""
+    parse_config(TABLE, bindings)
+    with pytest.raises(HarnessError) as info:
+        try:
+            experiment = Experiment()
+        except Exception as e:  # as bench.cli does
+            raise HarnessError(describe_gin_error(e, source="config")) from None
+        experiment.run(tmp_path / "results")
+    message = str(info.value)
+    assert "\n" not in message, message
+    results = tmp_path / "results"
+    assert not (results / "cache").exists() and not (results / "mlflow.db").exists()
+    return message
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("TrainSchedule.epochs = -1", "TrainSchedule.epochs: expected an integer >= 1, got -1"),
+    ("TrainSchedule.batch_size = 0", "TrainSchedule.batch_size: expected an integer >= 1, got 0"),
+    ("finetune_det/TrainSchedule.lr = -1.0", "TrainSchedule.lr: expected a number > 0, got -1.0 (in gin scope 'finetune_det')"),
+    ("SyntheticIndoor.num_train = 0", "SyntheticIndoor: split 'train' has no scene (SyntheticIndoor.num_train = 0)"),
+    ("NUM_TOKENS = 0", "SamGuidedTokenizer.num_tokens: expected an integer >= 1, got 0"),
+    ("MaskedTokenPrediction.mask_ratio = 1.5", "MaskedTokenPrediction.mask_ratio: expected a value in [0, 1), got 1.5"),
+    ("Experiment.seeds = 'three'", "Experiment.seeds: expected an integer >= 1, got 'three'"),
+    ("FramePreparation.num_groups = 0", "FramePreparation.num_groups: expected an integer >= 1, got 0"),
+])
+def test_a_bad_value_is_one_line_naming_the_parameter_before_any_work(tmp_path, binding, expected):
+    assert expected in _error(tmp_path, [binding])
+
+
+def _dinov2(folder, config="default", weights="default"):
+    """A DINOv2 directory as save_pretrained writes it, with the config or the weights spoilt on request."""
+    folder.mkdir()
+    if config == "default":
+        (folder / "config.json").write_text(json.dumps({"model_type": "dinov2", "hidden_size": 8, "patch_size": 14}))
+    elif config is not None:
+        (folder / "config.json").write_text(config)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    data = len(header).to_bytes(8, "little") + header + bytes(16)
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(data if weights == "default" else weights(data))
+    return folder
+
+
+@pytest.mark.parametrize("spoilt, expected", [
+    ({"config": None}, "has no config.json"),
+    ({"config": '{"model_type": "dinov2", "hidden_si'}, "config.json: not readable as JSON"),
+    ({"config": '{"model_type": "dinov2"}'}, "config.json: expected integer hidden_size and patch_size"),
+    ({"weights": None}, "has no weights"),
+    ({"weights": lambda data: data[:-5]}, "model.safetensors: truncated"),
+    ({"weights": lambda data: b"\xff" * len(data)}, "model.safetensors: not a safetensors file"),
+])
+def test_a_broken_dinov2_directory_is_one_line_naming_the_file_before_any_work(tmp_path, spoilt, expected):
+    folder = _dinov2(tmp_path / "dinov2", **spoilt)
+    message = _error(tmp_path, ["FramePreparation.teacher = @Dinov2Teacher()",
+                                f"Dinov2Teacher.model_dir = '{folder}'", "Dinov2Teacher.device = 'cpu'"])
+    assert expected in message and "dinov2" in message
+
+
+def test_a_complete_dinov2_directory_passes(tmp_path):
+    from methods.teachers import Dinov2Teacher
+
+    teacher = Dinov2Teacher(str(_dinov2(tmp_path / "d")), device="cpu")
+    assert teacher.dim == 8 and teacher.patch_size == 14
+
+
+def test_tokens_that_would_repeat_most_of_their_points_are_warned_about(capsys):
+    parse_config(TABLE, ["GROUP_SIZE = 100000"])
+    experiment = Experiment()
+    validate_rows(experiment.rows, experiment.dataset, "train", "val")
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings and all("would repeat most of its 100000 points" in line for line in warnings)
+    assert any("SamGuidedTokenizer.group_size = 100000" in line and "FramePreparation.points_per_frame = 512" in line
+               for line in warnings)
+    gin.clear_config()
+    parse_config(TABLE)
+    experiment = Experiment()
+    validate_rows(experiment.rows, experiment.dataset, "train", "val")
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_an_include_cycle_is_one_line_naming_the_files(tmp_path):
+    (tmp_path / "a.gin").write_text(f"include '{tmp_path / 'b.gin'}'\n")
+    (tmp_path / "b.gin").write_text(f"include '{tmp_path / 'a.gin'}'\n")
+    with pytest.raises(HarnessError) as info:
+        parse_config([str(tmp_path / "a.gin")])
+    message = str(info.value)
+    assert "\n" not in message and "gin include cycle" in message
+    assert f"{tmp_path / 'a.gin'} -> {tmp_path / 'b.gin'} -> {tmp_path / 'a.gin'}" in message
