@@ -81,7 +81,31 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
         if curves:
             paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png", "plot_loss_curves",
                                  curves=curves, title=f"{spec.name}: {stage} loss", conventions=label))
+    # Learning curves (methods.learning_curve) of the baseline and the last (full-method) row.
+    shown = [r for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
+    curves = seed_mean_curves(loss_curves_from_mlflow(store, [r["run_id"] for r in shown], prefix="finetune/",
+                                                      suffix="/val_AP25"))
+    if curves:
+        paths.append(_figure(figure_cache, folder / f"{spec.name}_det_ap25_curve.png", "plot_loss_curves",
+                             curves=curves, title=f"{spec.name}: detection AP25 on a fixed val subset by epoch",
+                             log_y=False, conventions=label, ylabel="AP25 (%)"))
     return paths
+
+
+def seed_mean_curves(curves: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """``loss_curves_from_mlflow``'s curves averaged over seeds: ``row seed=s key`` -> ``row key (mean of
+    n seeds)``, each step the mean of the seeds that have it."""
+    grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seeds: dict[str, int] = defaultdict(int)
+    for label, points in curves.items():
+        who, _, key = label.partition(" seed=")
+        name = f"{who} {key.partition(' ')[2]}".strip()
+        seeds[name] += 1
+        for step, value in points:
+            grouped[name][step].append(value)
+    return {f"{name} (mean of {seeds[name]} seed{'s' if seeds[name] > 1 else ''})":
+            [(step, float(np.mean(values))) for step, values in sorted(steps.items())]
+            for name, steps in grouped.items()}
 
 
 def _plots():

@@ -355,6 +355,19 @@ class RowContext:
         method.fit(self.scenes(self.train_split), self.dataset.info)
         return self.evaluate(method)
 
+    def score(self, method, task_key: str, num_scenes: int) -> dict[str, float]:
+        """The headline metrics (``AP25``, ``mIoU``, ...; no per-class values) of ``method`` for the task
+        ``task_key`` on the first ``num_scenes`` scenes of the evaluation split, quietly: a learning curve's
+        point (``methods.learning_curve``), not a result. Rank 0 only, like ``evaluate``."""
+        tasks = [task for task in (make_task() for make_task in self.task_factories) if task.key == task_key]
+        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
+        for index in range(min(num_scenes, len(scenes))):
+            scene = scenes[index]
+            for task in tasks:
+                task.add(method, scene)
+        return {key.rsplit("/", 1)[-1]: value for task in tasks
+                for key, value in task.result(self.dataset.info).items() if "/class/" not in key}
+
     def evaluate(self, method, suffix: str = "", tasks: set[str] | None = None) -> dict[str, float]:
         """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
         the others return no metrics and wait for it at their next collective).

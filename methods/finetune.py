@@ -24,6 +24,7 @@ from methods.downstream.segmentation import (PointSegmenter, SegmentationObjecti
                                              predict_scene_labels)
 from methods.detr_recipe import DetrRecipe
 from methods.encoder import EncoderSpec
+from methods.learning_curve import LearningCurve
 from methods.protocols import FullFinetune
 from methods.train import TrainSchedule, train
 
@@ -35,7 +36,8 @@ class _Finetune:
     task = ""
 
     def __init__(self, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
-                 augment: bool, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
+                 augment: bool, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
+                 curve: LearningCurve | None = None):
         if not encoder_lr_scale >= 0:
             raise ValueError(f"{type(self).__name__}.encoder_lr_scale: expected a value >= 0, got {encoder_lr_scale}")
         if not 0 < layer_decay <= 1:
@@ -48,6 +50,7 @@ class _Finetune:
         self.protocol = protocol or FullFinetune()
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.layer_decay = float(layer_decay)
+        self.curve = curve
 
     head = ""  # a FinetuneRow's detection_heads name theirs
 
@@ -73,10 +76,11 @@ class _Finetune:
         load_pretrained_encoder(encoder, pretrained_state, source)
         return encoder
 
-    def key(self, pretrain_key: str, scenes_key: str, seed: int) -> str:
+    def key(self, pretrain_key: str, scenes_key: str, seed: int, curve_key: str = "") -> str:
         """Content key of the fine-tuned model: this configuration (protocol included), the pretraining
-        chain (``"none"``), the training scenes (their cache folder's name) and the seed."""
-        return fingerprint(self, pretrain_key, scenes_key, seed)
+        chain (``"none"``), the training scenes (their cache folder's name), the seed and, with a learning
+        curve, the scenes it is scored on (``curve_key``: they are in the run's history)."""
+        return fingerprint(self, pretrain_key, scenes_key, seed, *([curve_key] if self.curve else []))
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         """Optimiser groups with their learning-rate factors: the encoder's blocks at
@@ -99,10 +103,14 @@ class _Finetune:
         add([p for p in model.parameters() if id(p) not in own], 1.0)
         return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
 
-    def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int):
+    def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Build the model (``build()`` -> (model, training objective)) from this run's seed, then train
-        (or resume, or reuse) it on the protocol's scenes and labels; returns (model, per-epoch history)."""
-        key = self.key(pretrain_key, scenes.folder.name, seed)
+        (or resume, or reuse) it on the protocol's scenes and labels; returns (model, per-epoch history).
+
+        ``scorer`` (``scorer(model) -> metrics``, with a ``key`` naming its scenes) gives the learning
+        curve's points when ``curve`` is set."""
+        scorer = scorer if self.curve is not None else None
+        key = self.key(pretrain_key, scenes.folder.name, seed, scorer.key if scorer else "")
         folder = pathlib.Path(cache_root) / "finetune" / f"{self.metric_key}-{key}"
         step_seed = self.step_seed(seed)
         name = f"finetune/{self.metric_key}"
@@ -118,8 +126,14 @@ class _Finetune:
                             f"{self.protocol.description}); expected at least one")
         groups = self.param_groups(model)
         single = len(groups) == 1 and groups[0]["lr_scale"] == 1.0
+        curve = None
+        if scorer is not None:
+            def curve(epoch: int) -> dict[str, float]:
+                if not self.curve.due(epoch, self.schedule.epochs):
+                    return {}
+                return {f"val_{k}": v for k, v in scorer(model).items()}
         history = train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", step_seed,
-                        name=name, param_groups=None if single else groups)
+                        name=name, param_groups=None if single else groups, epoch_hook=curve)
         return model, history
 
 
@@ -143,6 +157,8 @@ class SegmentationFinetune(_Finetune):
         ``@LimitedReconstructions()``, ``@LimitedAnnotations()`` (``methods.protocols``).
       encoder_lr_scale, layer_decay: learning-rate factors of the encoder (``param_groups``).
       propagation_power: feature propagation weights 1/d^power; 2 = PointNet++ / Point-MAE [prior], 1 = 1/d.
+      curve: ``@LearningCurve()`` scores the model every few epochs on a fixed subset of the evaluation
+        split (``finetune/seg/val_mIoU``); None (default) = no curve. The same for every fine-tuning spec.
     """
 
     task = "seg"
@@ -150,12 +166,13 @@ class SegmentationFinetune(_Finetune):
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, protocol=None, hidden: int = 256,
                  augment: bool = True, propagation_power: float = 2.0, encoder_lr_scale: float = 1.0,
-                 layer_decay: float = 1.0):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
+                 layer_decay: float = 1.0, curve: LearningCurve | None = None):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
+                         curve)
         self.hidden = hidden
         self.propagation_power = float(propagation_power)
 
-    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
+    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the segmenter; returns (model, per-epoch history)."""
         def build():
             model = PointSegmenter(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
@@ -164,7 +181,7 @@ class SegmentationFinetune(_Finetune):
                                    propagation_power=self.propagation_power)
             return model, SegmentationObjective(model, ignore_index=info.ignore_index)
 
-        return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
+        return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
 
     def predict(self, model, scene: Scene, seed: int):
         return predict_scene_labels(model, scene, self.tokenizer, self.num_points, seed)
@@ -193,8 +210,10 @@ class DetectionFinetune(_Finetune):
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 8,
                  objectness_threshold: float = 0.05, nms_iou: float = 0.25, augment: bool = True,
                  query_from_tokens: bool = False, recipe: DetrRecipe | None = None, head_dropout: float = 0.3,
-                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
+                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
+                 curve: LearningCurve | None = None):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
+                         curve)
         check_detection_protocol(self)
         self.query_from_tokens = query_from_tokens
         self.recipe = recipe or DetrRecipe()
@@ -204,7 +223,7 @@ class DetectionFinetune(_Finetune):
         self.objectness_threshold = objectness_threshold
         self.nms_iou = nms_iou
 
-    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
+    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
         def build():
             model = Detector3D(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
@@ -213,7 +232,7 @@ class DetectionFinetune(_Finetune):
                                head_dropout=self.head_dropout)
             return model, self.recipe.objective(model)
 
-        return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
+        return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
 
     def predict(self, model, scene: Scene, seed: int) -> Detections:
         data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
@@ -263,7 +282,8 @@ class FinetuneRow:
         """(pretraining key or "none", metric key -> fine-tuned model key), computed without running anything."""
         pretrain_key = self.pretrain.key(context) if self.pretrain is not None else "none"
         scenes_key = context.scene_folder(context.train_split).name
-        return pretrain_key, {spec.metric_key: spec.key(pretrain_key, scenes_key, context.seed)
+        curve_key = context.scene_folder(context.eval_split).name
+        return pretrain_key, {spec.metric_key: spec.key(pretrain_key, scenes_key, context.seed, curve_key)
                               for spec in self._specs()}
 
     def step_keys(self, context) -> list[str]:
@@ -291,6 +311,19 @@ class FinetuneRow:
         scenes = context.scenes(context.train_split)
         return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))
 
+    def _scorer(self, context, spec):
+        """``scorer(model)``: the learning-curve point of ``spec``'s model (``RowContext.score``) on the
+        first ``spec.curve.scenes`` evaluation scenes; its ``key`` names those scenes. None without a curve."""
+        if spec.curve is None:
+            return None
+
+        def scorer(model) -> dict[str, float]:
+            return context.score(_Predictions({spec.task_key: (spec, model)}, context.seed), spec.task_key,
+                                 spec.curve.scenes)
+
+        scorer.key = context.scene_folder(context.eval_split).name
+        return scorer
+
     def _run(self, context, scenes) -> dict[str, float]:
         self._seed = context.seed
         pretrained = self.pretrain.pretrain(context) if self.pretrain is not None else None
@@ -298,7 +331,8 @@ class FinetuneRow:
         metrics = dict(pretrained.metrics) if pretrained else {}
         runs = []
         for spec in self._specs():
-            model, history = spec.fit(state, key, scenes, context.dataset.info, context.cache_root, context.seed)
+            model, history = spec.fit(state, key, scenes, context.dataset.info, context.cache_root, context.seed,
+                                      self._scorer(context, spec))
             runs.append((spec, model))
             for epoch, values in enumerate(history):
                 context.log_metrics({f"finetune/{spec.metric_key}/{k}": v for k, v in values.items()}, epoch)

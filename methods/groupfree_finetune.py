@@ -19,6 +19,7 @@ from methods.downstream.detection import GroupFreeDetector, GroupFreeObjective, 
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
 from methods.encoder import EncoderSpec
 from methods.finetune import _Finetune, check_detection_protocol
+from methods.learning_curve import LearningCurve
 from methods.train import TrainSchedule
 
 
@@ -78,8 +79,10 @@ class GroupFreeDetection(_Finetune):
                  heads: int = 8, feedforward: int = 2048, dropout: float = 0.1, head_dropout: float = 0.0,
                  num_heading_bins: int = 12, recipe: GroupFreeRecipe | None = None,
                  objectness_threshold: float = 0.0, nms_iou: float = 0.25, augment: bool = True,
-                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay)
+                 protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
+                 curve: LearningCurve | None = None):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
+                         curve)
         check_detection_protocol(self)
         if num_queries < 1 or decoder_depth < 0:
             raise ValueError(f"GroupFreeDetection: num_queries >= 1 and decoder_depth >= 0 expected, got "
@@ -95,7 +98,7 @@ class GroupFreeDetection(_Finetune):
         self.objectness_threshold = objectness_threshold
         self.nms_iou = nms_iou
 
-    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int):
+    def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
         def build():
             model = GroupFreeDetector(self._encoder(pretrained_state, f"pretraining {pretrain_key}"),
@@ -105,7 +108,7 @@ class GroupFreeDetection(_Finetune):
                                       head_dropout=self.head_dropout, num_heading_bins=self.num_heading_bins)
             return model, self.recipe.objective(model)
 
-        return self._fit(build, pretrain_key, scenes, info, cache_root, seed)
+        return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
 
     def predict(self, model, scene: Scene, seed: int) -> Detections:
         """Detections of ``scene`` in its own frame (tokens of a seeded, unaugmented point sample)."""

@@ -155,7 +155,8 @@ def _fitting(module: torch.nn.Module, state: dict | None, path: pathlib.Path) ->
 def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: Callable,
           schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
           log: Callable[[dict[str, float], int], None] | None = None, name: str = "train",
-          extra_state: dict | None = None, param_groups: list[dict] | None = None) -> list[dict[str, float]]:
+          extra_state: dict | None = None, param_groups: list[dict] | None = None,
+          epoch_hook: Callable[[int], dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train ``module`` (its ``forward(batch)`` returns a dict with a scalar ``loss``) and return the
     per-epoch mean of every returned value. Resumes from ``checkpoint`` if it exists; a finished
     checkpoint trains nothing (it is loaded into ``module``). ``dataset`` may have an ``epoch``
@@ -163,7 +164,8 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     the same checkpoint waits for it (``bench.locks``). Time goes to ``name`` in the run's profile,
     split into the phases of every step: data, forward, backward, optimizer. ``param_groups`` (each
     ``{"params": [...], "lr_scale": s}``) trains groups at ``s`` times the schedule's learning rate;
-    None = every trainable parameter at 1.
+    None = every trainable parameter at 1. ``epoch_hook(epoch)`` (rank 0) adds values to an epoch's
+    history after its steps, e.g. a learning curve's point (``methods.learning_curve``).
     """
     device = schedule.resolve_device()
     module.to(device)
@@ -182,7 +184,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
             steps.used(step, state["seconds"])
             return list(state["history"])
         history, seconds = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name,
-                                         extra_state, state, device, param_groups)
+                                         extra_state, state, device, param_groups, epoch_hook)
     steps.used(step, seconds)
     first = len(state["history"]) if state is not None else 0
     resumed = f" (resumed from the checkpoint of epoch {first})" if first else ""
@@ -193,7 +195,8 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
 
 def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
                   log, name: str, extra_state, state: dict | None, device: torch.device,
-                  param_groups: list[dict] | None = None) -> tuple[list[dict[str, float]], float]:
+                  param_groups: list[dict] | None = None,
+                  epoch_hook=None) -> tuple[list[dict[str, float]], float]:
     """The training epochs after those in ``state``; returns the history and the training seconds of
     every invocation so far (the checkpoint's record carries them on)."""
     clock = timing.Stopwatch()
@@ -254,6 +257,10 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         epoch_means = distributed.all_reduce_mean({k: v / max(1, len(loader)) for k, v in sums.items()})
         epoch_means["lr"] = scheduler.get_last_lr()[0]
+        if epoch_hook is not None and distributed.is_main():
+            # Scoring must not move the training's random streams: the weights are the same without it.
+            with torch.random.fork_rng(devices=[]), timing.span("learning curves"):
+                epoch_means.update(epoch_hook(epoch))
         history.append(epoch_means)
         seconds = seconds_before + clock.seconds  # what the checkpoint records, and the step reports
         if distributed.is_main():

@@ -137,7 +137,7 @@ def plot_class_iou_vs_frequency(per_class: Mapping[str, Mapping[str, float]], cl
 
 def plot_loss_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, title: str,
                      log_y: bool | None = None, xlabel: str = "epoch",
-                     conventions: Mapping[str, object] | None = None) -> pathlib.Path:
+                     conventions: Mapping[str, object] | None = None, ylabel: str = "loss") -> pathlib.Path:
     """One line per curve (label -> [(step, value)]); log y by default when the values span > 10x.
 
     The title gains "synthetic benchmark (simulation)" when ``conventions`` say so.
@@ -158,7 +158,7 @@ def plot_loss_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss" + (" (log scale)" if log_y else ""))
+    ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
     ax.set_title(_with_label(title, conventions))
     ax.grid(alpha=0.3, which="both")
     if curves:

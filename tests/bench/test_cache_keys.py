@@ -269,9 +269,9 @@ def _figure_arguments() -> dict[str, tuple[dict, dict]]:
             {"per_class": {"a": {"wall": 51.0}}, "class_frequency": {"wall": 11}, "title": "y",
              "conventions": {"simulation": False}}),
         "plot_loss_curves": ({"curves": {"a": [(0, 1.0)]}, "title": "x", "log_y": None, "xlabel": "epoch",
-                              "conventions": label},
+                              "conventions": label, "ylabel": "loss"},
                              {"curves": {"a": [(0, 2.0)]}, "title": "y", "log_y": True, "xlabel": "step",
-                              "conventions": {"simulation": False}}),
+                              "conventions": {"simulation": False}, "ylabel": "AP25"}),
     }
 
 
