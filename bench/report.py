@@ -41,6 +41,7 @@ def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wal
         "dataset": dataset,
         "teacher": notes.get("teacher", "none (no row pretrains)"),
         "masks": notes.get("masks", "none (no row pretrains)"),
+        **({"fine-tuning": notes["fine-tuning"]} if "fine-tuning" in notes else {}),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}",
         "wall_time": f"{_minutes(wall_time_s)} (this invocation)",
         **({"compute": f"{_minutes(compute_s)} (every step the table used, summed over the steps, "

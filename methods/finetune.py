@@ -53,11 +53,18 @@ class _Finetune:
         self.curve = curve
 
     head = ""  # a FinetuneRow's detection_heads name theirs
+    model_name = ""  # what the tables' conventions call the model, e.g. "3DETR-style head"
 
     @property
     def task_key(self) -> str:
         """The evaluation task this run's model answers: ``seg``, ``det``, or ``det-<head>``."""
         return f"{self.task}-{self.head}" if self.head else self.task
+
+    @property
+    def description(self) -> str:
+        """Model and schedule, for the tables' conventions: ``GroupFree3D-style head, 60 epochs x batch 2``."""
+        model = f"{self.model_name}, " if self.model_name else ""
+        return f"{model}{self.schedule.epochs} epochs x batch {self.schedule.batch_size}"
 
     @property
     def metric_key(self) -> str:
@@ -162,6 +169,7 @@ class SegmentationFinetune(_Finetune):
     """
 
     task = "seg"
+    model_name = "MLP head, 3-NN feature propagation"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, protocol=None, hidden: int = 256,
@@ -205,6 +213,7 @@ class DetectionFinetune(_Finetune):
     """
 
     task = "det"
+    model_name = "3DETR-style head"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 8,
@@ -307,6 +316,8 @@ class FinetuneRow:
         """Pretrain (cached), fine-tune each task and protocol (cached), evaluate on the evaluation split
         (cached: a row whose every step is unchanged returns its evaluation without loading a model)."""
         context.tracking_run.log_params(self.components())
+        context.notes.setdefault("fine-tuning", "; ".join(f"{spec.metric_key}: {spec.description}"
+                                                          for spec in self._specs()))
         pretrain_key, models = self._keys(context)
         scenes = context.scenes(context.train_split)
         return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))

@@ -73,6 +73,7 @@ class GroupFreeDetection(_Finetune):
     """
 
     task = "det"
+    model_name = "GroupFree3D-style head"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
                  schedule: TrainSchedule | None = None, num_queries: int = 256, decoder_depth: int = 6,
