@@ -87,9 +87,11 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
     curves = seed_mean_curves(loss_curves_from_mlflow(store, [r["run_id"] for r in shown], prefix="finetune/",
                                                       suffix="/val_AP25"))
     if curves:
+        # A point logged at step e (0-based) was scored after e + 1 epochs.
+        curves = {label: [(step + 1, value) for step, value in points] for label, points in curves.items()}
         paths.append(_figure(figure_cache, folder / f"{spec.name}_det_ap25_curve.png", "plot_loss_curves",
-                             curves=curves, title=f"{spec.name}: detection AP25 on a fixed val subset by epoch",
-                             log_y=False, conventions=label, ylabel="AP25 (%)"))
+                             curves=curves, title=f"{spec.name}: detection AP25 on a fixed val subset",
+                             log_y=False, xlabel="epochs trained", conventions=label, ylabel="AP25 (%)"))
     return paths
 
 
