@@ -25,14 +25,15 @@ from bench.tracking import NullRun
 from datasets.prepare import FramePreparation
 from datasets.scene_cache import CachedScenes
 from datasets.synthetic import SyntheticIndoor
+from methods.detr_recipe import DetrRecipe
 from methods.encoder import DecoderSpec, EncoderSpec
 from methods.finetune import DetectionFinetune, FinetuneRow, SegmentationFinetune
-from methods.masks import ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource
-from methods.detr_recipe import DetrRecipe
 from methods.groupfree_finetune import GroupFreeDetection, GroupFreeRecipe
-from methods.protocols import LimitedReconstructions, LinearProbe
+from methods.learning_curve import LearningCurve
+from methods.masks import ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource
 from methods.objectives import Bridge3DStyle, DistillationWithMTP, MaskedTokenPrediction, PointMAE, RegionDistillation
 from methods.pretrain import PretrainRow, PretrainStage
+from methods.protocols import LimitedReconstructions, LinearProbe
 from methods.reweighting import GroupBalancing
 from methods.teachers import Dinov2Teacher, SimulatedTeacher
 from methods.tokenizers import ExactFPS, KnnTokenizer, RandomSampler, SamGuidedTokenizer, SubsampledFPS
@@ -117,6 +118,7 @@ def _variants(files) -> dict[tuple[type, str], list]:
         ("init_student",): ["scratch"],
         ("protocol",): [LimitedReconstructions(percent=10)],
         (TrainSchedule, "warmup_fraction"): [0.1],
+        ("curve",): [LearningCurve(every=2)],
         (FinetuneRow, "detection_heads"): [{"groupfree": GroupFreeDetection(KnnTokenizer())}],
         (DetectionFinetune, "recipe"): [DetrRecipe(cost_center=5.0)],
         (GroupFreeDetection, "recipe"): [GroupFreeRecipe(weight_kps=0.2)],
