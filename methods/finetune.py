@@ -144,11 +144,6 @@ class _Finetune:
         return model, history
 
 
-def check_detection_protocol(spec: _Finetune) -> None:
-    """Detection takes the full fine-tune or limited reconstructions; the others are segmentation's."""
-    if spec.protocol.freeze_encoder or spec.protocol.uses_point_labels:
-        raise ValueError(f"{type(spec).__name__}.protocol: {type(spec.protocol).__name__} applies to segmentation; "
-                         "detection takes @FullFinetune() or @LimitedReconstructions()")
 
 
 @gin.register
@@ -195,8 +190,33 @@ class SegmentationFinetune(_Finetune):
         return predict_scene_labels(model, scene, self.tokenizer, self.num_points, seed)
 
 
+class DetectionSpec(_Finetune):
+    """What both detection heads share (``DetectionFinetune``, ``GroupFreeDetection``): the protocols
+    detection takes (full fine-tune, limited reconstructions), post-processing and prediction."""
+
+    task = "det"
+
+    def __init__(self, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
+                 augment: bool, protocol, encoder_lr_scale: float, layer_decay: float, curve: LearningCurve | None,
+                 objectness_threshold: float, nms_iou: float):
+        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
+                         curve)
+        if self.protocol.freeze_encoder or self.protocol.uses_point_labels:
+            raise ValueError(f"{type(self).__name__}.protocol: {type(self.protocol).__name__} applies to "
+                             "segmentation; detection takes @FullFinetune() or @LimitedReconstructions()")
+        self.objectness_threshold = objectness_threshold
+        self.nms_iou = nms_iou
+
+    def predict(self, model, scene: Scene, seed: int) -> Detections:
+        """Detections of ``scene`` in its own frame (tokens of a seeded, unaugmented point sample)."""
+        data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
+        batch = collate_scenes([data[0]])
+        return predict_batch(model, batch, batch["offset"], objectness_threshold=self.objectness_threshold,
+                             nms_iou=self.nms_iou)[0]
+
+
 @gin.register
-class DetectionFinetune(_Finetune):
+class DetectionFinetune(DetectionSpec):
     """3DETR-style detection (DESIGN 2.9): queries from token centres, transformer decoder, box heads,
     Hungarian matching; objectness threshold and class-aware 3D NMS at evaluation.
 
@@ -212,7 +232,6 @@ class DetectionFinetune(_Finetune):
       head_dropout: dropout in the box heads [prior: 3DETR 0.3].
     """
 
-    task = "det"
     model_name = "3DETR-style head"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
@@ -222,15 +241,12 @@ class DetectionFinetune(_Finetune):
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None):
         super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve)
-        check_detection_protocol(self)
+                         curve, objectness_threshold, nms_iou)
         self.query_from_tokens = query_from_tokens
         self.recipe = recipe or DetrRecipe()
         self.head_dropout = head_dropout
         self.num_queries = num_queries
         self.decoder_depth = decoder_depth
-        self.objectness_threshold = objectness_threshold
-        self.nms_iou = nms_iou
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
@@ -242,12 +258,6 @@ class DetectionFinetune(_Finetune):
             return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
-
-    def predict(self, model, scene: Scene, seed: int) -> Detections:
-        data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
-        batch = collate_scenes([data[0]])
-        return predict_batch(model, batch, batch["offset"], objectness_threshold=self.objectness_threshold,
-                             nms_iou=self.nms_iou)[0]
 
 
 @gin.register

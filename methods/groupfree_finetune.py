@@ -14,11 +14,9 @@ import dataclasses
 
 import gin
 
-from datasets.types import Detections, Scene
-from methods.downstream.detection import GroupFreeDetector, GroupFreeObjective, predict_batch
-from methods.downstream.scene_batch import SceneSamples, collate_scenes
+from methods.downstream.detection import GroupFreeDetector, GroupFreeObjective
 from methods.encoder import EncoderSpec
-from methods.finetune import _Finetune, check_detection_protocol
+from methods.finetune import DetectionSpec
 from methods.learning_curve import LearningCurve
 from methods.train import TrainSchedule
 
@@ -56,7 +54,7 @@ class GroupFreeRecipe:
 
 
 @gin.register
-class GroupFreeDetection(_Finetune):
+class GroupFreeDetection(DetectionSpec):
     """GroupFree3D-style detection: per-token objectness picks the top-k tokens as queries (KPS), a
     transformer decoder refines their boxes layer by layer, targets come from the object each query's token
     lies in (no Hungarian matching); class-aware 3D NMS at evaluation.
@@ -72,7 +70,6 @@ class GroupFreeDetection(_Finetune):
         (0.0), class-aware NMS at 0.25].
     """
 
-    task = "det"
     model_name = "GroupFree3D-style head"
 
     def __init__(self, tokenizer=gin.REQUIRED, encoder: EncoderSpec | None = None, num_points: int = 40_000,
@@ -83,8 +80,7 @@ class GroupFreeDetection(_Finetune):
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None):
         super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve)
-        check_detection_protocol(self)
+                         curve, objectness_threshold, nms_iou)
         if num_queries < 1 or decoder_depth < 0:
             raise ValueError(f"GroupFreeDetection: num_queries >= 1 and decoder_depth >= 0 expected, got "
                              f"{num_queries}, {decoder_depth}")
@@ -96,8 +92,6 @@ class GroupFreeDetection(_Finetune):
         self.head_dropout = head_dropout
         self.num_heading_bins = num_heading_bins
         self.recipe = recipe or GroupFreeRecipe()
-        self.objectness_threshold = objectness_threshold
-        self.nms_iou = nms_iou
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
@@ -110,10 +104,3 @@ class GroupFreeDetection(_Finetune):
             return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
-
-    def predict(self, model, scene: Scene, seed: int) -> Detections:
-        """Detections of ``scene`` in its own frame (tokens of a seeded, unaugmented point sample)."""
-        data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
-        batch = collate_scenes([data[0]])
-        return predict_batch(model, batch, batch["offset"], objectness_threshold=self.objectness_threshold,
-                             nms_iou=self.nms_iou)[0]

@@ -31,6 +31,12 @@ def bin_to_angle(cls: torch.Tensor, residual: torch.Tensor, num_bins: int) -> to
     return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
 
 
+def heading_to_yaw(logits: torch.Tensor, residual: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Yaw (...) of the arg-max heading bin of ``logits`` (..., num_bins) and that bin's ``residual``."""
+    cls = logits.argmax(dim=-1, keepdim=True)
+    return bin_to_angle(cls.squeeze(-1), residual.gather(-1, cls).squeeze(-1), num_bins)
+
+
 def enclosing_aabb(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 7) yaw boxes -> (..., 6) ``[cx, cy, cz, ex, ey, ez]``: the axis-aligned box enclosing each.
 

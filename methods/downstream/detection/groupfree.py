@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods.downstream.detection.boxes import bin_to_angle
+from methods.downstream.detection.boxes import heading_to_yaw
 # The 3DETR head's SDPA attention (separate q/k/v inputs, key padding mask), shared within this package.
 from methods.downstream.detection.model import _LOG_SIZE_RANGE, _Attention
 from methods.encoder import Dropout, PositionEmbed, TransformerEncoder
@@ -114,10 +114,8 @@ class BoxHead(nn.Module):
             "objectness_logits": objectness.squeeze(-1), "class_logits": class_logits,
         }
         if self.num_heading_bins:
-            cls = heading_logits.argmax(dim=-1, keepdim=True)
             out["heading_logits"], out["heading_residual"] = heading_logits, heading_residual
-            out["yaw"] = bin_to_angle(cls.squeeze(-1), heading_residual.gather(-1, cls).squeeze(-1),
-                                      self.num_heading_bins)
+            out["yaw"] = heading_to_yaw(heading_logits, heading_residual, self.num_heading_bins)
         else:
             out["yaw"] = feat.new_zeros(feat.shape[:2])
         return out

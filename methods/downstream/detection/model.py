@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.downstream.detection.boxes import bin_to_angle
+from methods.downstream.detection.boxes import heading_to_yaw
 from methods.encoder import Dropout, PositionEmbed, TransformerEncoder
 from methods.tokenizers.sampling import farthest_point_sampling
 
@@ -195,10 +195,8 @@ class Detector3D(nn.Module):
         }
         if self.has_yaw:
             logits, residual = self.heads["heading_cls"](feat), self.heads["heading_res"](feat)
-            cls = logits.argmax(dim=-1, keepdim=True)
             out["heading_logits"], out["heading_residual"] = logits, residual
-            out["yaw"] = bin_to_angle(cls.squeeze(-1), residual.gather(-1, cls).squeeze(-1),
-                                      self.num_heading_bins)
+            out["yaw"] = heading_to_yaw(logits, residual, self.num_heading_bins)
         else:
             out["yaw"] = feat.new_zeros(feat.shape[:2])
         return out
