@@ -215,6 +215,8 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
         if seed in by_row[row]:
             raise ValueError(f"two records for row {row!r} seed {seed!r}")
         by_row[row][seed] = record["metrics"]
+    # Seeds in a fixed order: workers finish in any order, and float sums depend on it.
+    by_row = {row: dict(sorted(seeds.items(), key=lambda kv: str(kv[0]))) for row, seeds in by_row.items()}
     if paper is None and spec.paper_table:
         paper = load_paper_table(spec.paper_table)
 

@@ -364,3 +364,14 @@ def test_conventions_name_the_pretraining_data_and_simulations():
     assert simulated["simulation"] and "synthetic/train" in simulated["dataset"]
     synthetic = SyntheticIndoor(num_train=1, num_val=1).info
     assert conventions("demo", [0], synthetic, {}, 1.0)["dataset"] == "synthetic (simulation)"
+
+
+def test_the_table_does_not_depend_on_the_order_the_runs_finished_in():
+    # Float sums depend on their order: 1e16 + 1 - 1e16 is 0, 1e16 - 1e16 + 1 is 1.
+    spec = TableSpec(name="t", rows={"a": "a", "b": "b"}, baseline_row="a", columns=["d/seg/mIoU"])
+    values = {0: 1e16, 1: 1.0, 2: -1e16}
+    records = [{"row": row, "seed": seed, "metrics": {"d/seg/mIoU": value}}
+               for row in ("a", "b") for seed, value in values.items()]
+    straight = build_table(records, spec, paper=None)
+    shuffled = build_table([records[i] for i in (4, 2, 0, 5, 1, 3)], spec, paper=None)
+    pd.testing.assert_frame_equal(straight, shuffled)
