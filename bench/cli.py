@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mlflow_store.shutdown()  # the helper finishes the writes already sent (KILLED statuses included)
         except Exception as e:  # e.g. a write that failed on a full disk: said once, in one line
-            print(f"error: MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+            _error_line(f"MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
 
 
 def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
@@ -81,9 +81,16 @@ def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
             print("\n" + timing.profile_report(timing.totals(), clock.seconds,
                                                 title=f"profile of {' '.join(args.gin)}"))
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error_line(str(e))
         return 2
     except KeyboardInterrupt:
         print("interrupted: open MLflow runs were marked KILLED; no partial results were kept", file=sys.stderr)
         return 130
     return 0
+
+
+def _error_line(message: str) -> None:
+    """``error: <message>`` on stderr in one write: under torchrun every rank shares stderr, and print's
+    separate write of the newline let two ranks' lines run into one."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
