@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import gin
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from datasets.types import DatasetInfo, Detections, Scene
 
@@ -123,6 +120,10 @@ class ClusterBoxDetector:
     def _clusters(self, points: np.ndarray) -> list[np.ndarray]:
         if len(points) < self.min_points:
             return []
+        from scipy.sparse import coo_matrix  # here: importing scipy costs every command
+        from scipy.sparse.csgraph import connected_components
+        from scipy.spatial import cKDTree
+
         pairs = cKDTree(points).query_pairs(self.radius, output_type="ndarray")
         graph = coo_matrix((np.ones(len(pairs), bool), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
         _, component = connected_components(graph, directed=False)

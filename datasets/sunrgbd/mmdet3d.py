@@ -14,7 +14,6 @@ import pathlib
 
 import gin
 import numpy as np
-import scipy.linalg
 
 from datasets.frame_sequence import LazyFrames
 from datasets.geometry import zbuffer
@@ -40,6 +39,8 @@ def camera_from_depth2img(depth2img: np.ndarray) -> tuple[np.ndarray, np.ndarray
     m = np.asarray(depth2img, dtype=np.float64)
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
         raise ValueError(f"depth2img must be a finite 3x3 matrix, got shape {m.shape}")
+    import scipy.linalg  # here: only reading mmdet3d calibration needs it
+
     k, r = scipy.linalg.rq(m)
     signs = np.diag(np.sign(np.diag(k)))
     k, r = k @ signs, signs @ r

@@ -14,7 +14,6 @@ import pathlib
 import zipfile
 
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from datasets.geometry import zbuffer
@@ -82,6 +81,8 @@ def read_votenet_points(root: pathlib.Path | str, index: int | str, source: str 
     root = pathlib.Path(root)
     if source == "depth":
         path = root / "depth" / f"{stem(index)}.mat"
+        import scipy.io  # here, not at import: every run imports the readers, few read .mat files
+
         key, load = "instance", lambda: scipy.io.loadmat(path)
     elif source == "lidar":
         path = root / "lidar" / f"{stem(index)}.npz"

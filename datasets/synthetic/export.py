@@ -53,7 +53,6 @@ import shutil
 from typing import Callable, Sequence
 
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -342,6 +341,8 @@ def _write_sunrgbd_sample(root: pathlib.Path, number: int, frame: Frame, objects
     rgb = decoded[pix[:, 0], pix[:, 1]].astype(np.float64) / 255.0
     buf = io.BytesIO()
     # Compressed MATLAB 5 (what MATLAB's default v7 ``save`` writes, as the real export's files are).
+    import scipy.io  # here: only the export command writes .mat files
+
     scipy.io.savemat(buf, {"instance": np.c_[upright, rgb].astype(np.float32)}, do_compression=True)
     atomic_write_bytes(root / "depth" / f"{name}.mat", buf.getvalue())
     k_matlab = np.array(frame.intrinsics, dtype=np.float64)

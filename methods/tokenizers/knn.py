@@ -10,7 +10,6 @@ from typing import Callable
 import gin
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from bench.checks import check_integer
 from methods.tokenizers.sampling import ExactFPS
@@ -27,6 +26,8 @@ def knn_indices(xyz: np.ndarray, centers: np.ndarray, k: int) -> np.ndarray:
     """
     k_eff = min(k, len(xyz))
     # Unbalanced, uncompacted trees build about 2x faster and query as fast on scan data.
+    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs every command, even --help
+
     tree = cKDTree(xyz, balanced_tree=False, compact_nodes=False)
     _, idx = tree.query(centers, k=k_eff)
     idx = np.asarray(idx, dtype=np.int64).reshape(len(centers), k_eff)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import gin
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from bench.checks import check_integer
 from methods.tokenizers.sampling import segment_fps, segment_fps_seeds
@@ -235,6 +234,8 @@ class SamGuidedTokenizer:
             # frame's diameter, puts every other region farther than any point of the seed's own.
             lift = 2.0 * float(np.linalg.norm(np.ptp(region_points, axis=0))) + 1.0
             lifted = np.column_stack([region_points, np.repeat(np.arange(len(kept)), n) * lift])
+            from scipy.spatial import cKDTree  # here: a cached re-run never tokenizes
+
             tree = cKDTree(lifted, balanced_tree=False, compact_nodes=False)
             pos[full] = tree.query(lifted[seeds[full]], k=k)[1]
         members = order[pos[np.arange(k) < sizes[:, None]]]

@@ -30,6 +30,15 @@ def test_help():
     assert result.returncode == 0 and "--gin_binding" in result.stdout and "results/runs" in result.stdout
 
 
+def test_the_registry_leaves_the_heavy_imports_to_the_commands_that_use_them():
+    # Every command imports the registry; scipy.stats alone costs a cached re-run about a second.
+    heavy = ["mlflow", "pandas", "matplotlib", "scipy.stats", "scipy.optimize", "scipy.spatial", "scipy.io"]
+    code = f"import sys, bench.registry; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_missing_gin_file(tmp_path):
     line = _one_line_error(_run("--gin=gin/nope.gin", f"--results_dir={tmp_path / 'out'}"))
     assert "gin/nope.gin" in line

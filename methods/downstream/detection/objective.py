@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from methods.downstream.detection.boxes import aabb_giou, angle_to_bin, enclosing_aabb
@@ -70,6 +69,8 @@ def hungarian_match(cost: torch.Tensor, query_valid: torch.Tensor,
     ``cost`` (B, Q, M); returns per scene (query indices, GT indices), int64 on ``cost``'s device,
     each GT matched at most once (exactly once when there are at least as many queries).
     """
+    import scipy.optimize  # here: importing it costs every command; only training matches
+
     matches = []
     for i in range(cost.shape[0]):
         qi = torch.nonzero(query_valid[i]).squeeze(1)
@@ -79,7 +80,7 @@ def hungarian_match(cost: torch.Tensor, query_valid: torch.Tensor,
             matches.append((empty, empty))
             continue
         sub = cost[i][qi][:, gi].detach().float().cpu().numpy()
-        rows, cols = linear_sum_assignment(np.nan_to_num(sub, nan=1e6))
+        rows, cols = scipy.optimize.linear_sum_assignment(np.nan_to_num(sub, nan=1e6))
         matches.append((qi[torch.from_numpy(rows).to(qi.device)], gi[torch.from_numpy(cols).to(gi.device)]))
     return matches
 
