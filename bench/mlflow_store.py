@@ -74,6 +74,10 @@ class MlflowStore:
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self._client.log_artifact(run_id, path, artifact_path)
 
+    def log_artifacts(self, run_id: str, folder: str) -> None:
+        """Every file under ``folder`` (one request instead of one per file)."""
+        self._client.log_artifacts(run_id, folder)
+
     def child_runs(self, parent_run_id: str) -> list[dict]:
         """Every run tagged as a child of ``parent_run_id``: run_id, status, start_time, tags, metrics."""
         experiment_id = self._client.get_run(parent_run_id).info.experiment_id

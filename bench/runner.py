@@ -106,8 +106,10 @@ class Experiment:
         #     before any training
         validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
         config_text = gin.config_str()
-        jobs = self._jobs(results_dir)
-        workers = resolve_workers(self.workers, len(jobs), self.torch_threads, _uses_accelerator(),
+        jobs, to_compute = self._jobs(results_dir)
+        # Rows answered from the result cache cost a file read: worker processes (each importing torch and
+        # building the experiment) would only slow such a re-run down.
+        workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(),
                                   distributed.is_initialized())
         threads = _set_torch_threads(self.torch_threads)
         # Workers start now, so their start-up overlaps reaching the tracking store; they get no job
@@ -120,6 +122,12 @@ class Experiment:
                     # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
                     self._run_rows(NullTracker(), NullRun(self.name), results_dir, jobs, pool)
                     return None
+                if self.table is not None:
+                    # The table's imports are paid while the MLflow helper process is still importing
+                    # MLflow, not after the rows: that is most of a cached re-run's table step.
+                    from bench.tables import preload
+
+                    preload()
                 with owners.Owner(results_dir) as owner:
                     with distributed.main_first():
                         tracker, uri = self._connect(results_dir, owner)
@@ -179,15 +187,19 @@ class Experiment:
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _jobs(self, results_dir: pathlib.Path) -> list[tuple[str, int]]:
-        """Every (row, seed), longest first (``bench.workers.longest_first``) where rows name their steps."""
+    def _jobs(self, results_dir: pathlib.Path) -> tuple[list[tuple[str, int]], int]:
+        """Every (row, seed), longest first (``bench.workers.longest_first``) where rows name their steps,
+        and how many of them are not answered from the result cache (rows with ``result_parts``)."""
         jobs = [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
-        steps = {}
+        steps, cached = {}, 0
         for row, seed in jobs:
             made = self.rows[row]()
+            context = self._context(row, seed, results_dir, NullRun())
             if hasattr(made, "step_keys"):
-                steps[(row, seed)] = made.step_keys(self._context(row, seed, results_dir, NullRun()))
-        return longest_first(jobs, steps)
+                steps[(row, seed)] = made.step_keys(context)
+            if hasattr(made, "result_parts") and context.has_cached_result(made.result_parts(context)):
+                cached += 1
+        return longest_first(jobs, steps), len(jobs) - cached
 
     def _context(self, row: str, seed: int, results_dir: pathlib.Path, run, notes=None) -> RowContext:
         return RowContext(row, seed, self.dataset, self.train_split, self.eval_split, self.tasks,
@@ -246,7 +258,7 @@ class Experiment:
 
     def _write_report(self, folder: pathlib.Path, store, parent_run_id: str, results_dir: pathlib.Path,
                       wall_time_s: float, compute_s: float) -> None:
-        from bench import report  # matplotlib, pandas and scipy.stats: paid only by runs that build a table
+        from bench import report  # matplotlib and pandas: paid only by runs that build a table
 
         info = self.dataset.info
         seeds = list(range(self.base_seed, self.base_seed + self.seeds))
@@ -267,8 +279,7 @@ class Experiment:
             print("\n" + table)
         logged = config_bindings(config_text)
         parent.log_params({k: v for k, v in config_bindings(operative).items() if k not in logged})
-        for path in sorted(folder.iterdir()):
-            parent.log_artifact(path)
+        parent.log_artifacts(folder)
         main = summary.main_metrics(records)
         parent.log_metrics({f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()})
 
@@ -312,8 +323,8 @@ class RowContext:
         changed metric convention is never answered from the cache. A re-run of a finished row thus loads
         no model at all; a stored result that fails its checksum is computed again, with a warning.
         """
-        key = self.result_key(parts)
-        path = self.cache_root / "results" / f"{key}.json"
+        path = self._result_path(parts)
+        key = path.stem
         saved = read_cached_result(path)
         if saved is not None:
             for step, metrics in saved["series"]:
@@ -332,6 +343,14 @@ class RowContext:
                       "notes": {k: v for k, v in self.notes.items() if k not in notes_before}}
             write_cache_file(path, json_bytes(record), self._evaluation_seconds)
         return metrics
+
+    def has_cached_result(self, parts: Any) -> bool:
+        """Whether a stored result answers ``cached_result(parts, ...)`` (its checksum is checked only when
+        it is read)."""
+        return self._result_path(parts).is_file()
+
+    def _result_path(self, parts: Any) -> pathlib.Path:
+        return self.cache_root / "results" / f"{self.result_key(parts)}.json"
 
     def scene_folder(self, split: str) -> pathlib.Path:
         """Where the scenes of ``split`` are cached (its name is their content key); nothing is generated."""

@@ -161,6 +161,11 @@ class RunHandle:
         with timing.span("mlflow"):
             self._store.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifacts(self, folder: str | os.PathLike) -> None:
+        """Every file under ``folder``, at the run's artifact root."""
+        with timing.span("mlflow"):
+            self._store.log_artifacts(self.run_id, str(folder))
+
 
 class RecordingRun:
     """``RunHandle``'s logging interface, keeping everything in memory to be written later in one go
@@ -186,6 +191,9 @@ class RecordingRun:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         raise NotImplementedError("a recorded run cannot hold artifacts; log them on the parent run")
+
+    def log_artifacts(self, folder: str | os.PathLike) -> None:
+        self.log_artifact(folder)
 
     def replay_into(self, handle: RunHandle) -> None:
         """Write everything recorded into a real run."""
@@ -231,4 +239,7 @@ class NullRun:
         pass
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, folder: str | os.PathLike) -> None:
         pass

@@ -328,9 +328,14 @@ class FinetuneRow:
         context.tracking_run.log_params(self.components())
         context.notes.setdefault("fine-tuning", "; ".join(f"{spec.metric_key}: {spec.description}"
                                                           for spec in self._specs()))
-        pretrain_key, models = self._keys(context)
         scenes = context.scenes(context.train_split)
-        return context.cached_result(("FinetuneRow", pretrain_key, models), lambda: self._run(context, scenes))
+        return context.cached_result(self.result_parts(context), lambda: self._run(context, scenes))
+
+    def result_parts(self, context) -> tuple:
+        """What the row's cached result is keyed by (``RowContext.result_key``): its pretraining and
+        fine-tuning keys, computed without running anything."""
+        pretrain_key, models = self._keys(context)
+        return "FinetuneRow", pretrain_key, models
 
     def _scorer(self, context, spec):
         """``scorer(model)``: the learning-curve point of ``spec``'s model (``RowContext.score``) on the

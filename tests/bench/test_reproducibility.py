@@ -98,6 +98,17 @@ def test_a_rerun_of_a_finished_table_loads_no_model(straight, tmp_path, monkeypa
     assert client.get_metric_history(child.info.run_id, "finetune/seg/loss")  # curves replayed from the cache
 
 
+def test_a_rerun_answered_from_the_cache_starts_no_worker_process(straight, tmp_path, monkeypatch):
+    results, cells = straight
+    shutil.copytree(results / "cache", tmp_path / "cache")
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a table whose every row is cached started worker processes")
+
+    monkeypatch.setattr(bench.runner, "WorkerPool", no_pool)
+    _same(cells, _run(tmp_path, ["Experiment.workers = 2"]))
+
+
 def test_a_changed_metric_code_is_never_answered_from_the_cache(straight, tmp_path, monkeypatch, capsys):
     results, cells = straight
     shutil.copytree(results / "cache", tmp_path / "cache")
