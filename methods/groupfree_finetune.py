@@ -66,6 +66,8 @@ class GroupFreeDetection(DetectionSpec):
       num_queries, decoder_depth, heads, feedforward, dropout, head_dropout, num_heading_bins: decoder sizes
         [prior: GroupFree3D 256, 6, 8, 2048, 0.1, 0, 12]; its width is the encoder's.
       recipe: loss settings (``GroupFreeRecipe``; None = GroupFree3D's ScanNet recipe).
+      class_from_size: class logits also from each box's predicted size [choice: off, as GroupFree3D]
+        (``methods.downstream.detection.groupfree``).
       objectness_threshold, nms_iou: post-processing [prior: GroupFree3D's evaluation keeps every box
         (0.0), class-aware NMS at 0.25].
     """
@@ -78,7 +80,7 @@ class GroupFreeDetection(DetectionSpec):
                  num_heading_bins: int = 12, recipe: GroupFreeRecipe | None = None,
                  objectness_threshold: float = 0.0, nms_iou: float = 0.25, augment: bool = True,
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
-                 curve: LearningCurve | None = None):
+                 curve: LearningCurve | None = None, class_from_size: bool = False):
         super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
                          curve, objectness_threshold, nms_iou)
         if num_queries < 1 or decoder_depth < 0:
@@ -92,6 +94,7 @@ class GroupFreeDetection(DetectionSpec):
         self.head_dropout = head_dropout
         self.num_heading_bins = num_heading_bins
         self.recipe = recipe or GroupFreeRecipe()
+        self.class_from_size = class_from_size
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
@@ -100,7 +103,8 @@ class GroupFreeDetection(DetectionSpec):
                                       len(info.det_classes), info.has_yaw, num_queries=self.num_queries,
                                       decoder_depth=self.decoder_depth, heads=self.heads,
                                       feedforward=self.feedforward, dropout=self.dropout,
-                                      head_dropout=self.head_dropout, num_heading_bins=self.num_heading_bins)
+                                      head_dropout=self.head_dropout, num_heading_bins=self.num_heading_bins,
+                                      class_from_size=self.class_from_size)
             return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)

@@ -291,3 +291,20 @@ def test_recipes_default_to_the_objectives_published_defaults():
     from tests.methods.test_detection import _detector as detr_detector
 
     assert DetrRecipe(cost_center=5.0).objective(detr_detector(True)).costs["cost_center"] == 5.0
+
+
+def test_class_from_size_adds_a_function_of_the_detached_predicted_size():
+    batch = _batch()
+    plain = _detector()
+    assert all(head.size_class is None for head in [plain.proposal_head, *plain.heads])
+    detector = _detector(class_from_size=True)
+    heads = [detector.proposal_head, *detector.heads]
+    outputs = detector(batch)
+    for head, out in zip(heads, outputs):
+        features_only = out["class_logits"] - head.size_class(out["log_size"].detach())
+        assert not torch.allclose(features_only, out["class_logits"])
+    # The class loss trains the size MLP but never moves the box sizes.
+    outputs[-1]["class_logits"].sum().backward()
+    assert detector.heads[-1].size_class[0].weight.grad.abs().sum() > 0
+    size_rows = detector.heads[-1].out.weight.grad[4:7]
+    assert size_rows.abs().sum() == 0

@@ -19,6 +19,10 @@ the query token and feed the previous box in only through the position embedding
 its ``loc_learned`` centre + size embedding [prior]). Heading bins + residual (when ``has_yaw``, as
 ``boxes.py``), class and objectness are predicted afresh by every head.
 
+Class from size [choice: off, as GroupFree3D]: with ``class_from_size`` every head adds to its class logits
+an MLP of its own (detached) predicted log-extents, so a query's class can follow its box's size before the
+features learn shape. Measured on the synthetic demo (no pretraining, 20 epochs, 3 seeds): AP25 1.9 -> 4.0.
+
 Layers are GroupFree3D's [prior]: post-norm, position embeddings added to queries, keys and values, one
 learned self/cross position embedding per layer, xavier-uniform init, ReLU feed-forward. Prediction heads
 are unshared (one per box set); LayerNorm replaces their BatchNorm so padded queries never enter
@@ -92,11 +96,15 @@ class BoxHead(nn.Module):
     ``log_size`` = base + ``log_size_offset`` (clamped to the 3DETR head's range), ``size``,
     ``objectness_logits`` (B, Q), ``class_logits`` (B, Q, C), ``yaw`` and, with heading,
     ``heading_logits`` / ``heading_residual`` (B, Q, bins; residual normalised by half the bin width).
+    With ``class_from_size`` the class logits also get an MLP of the detached ``log_size`` (module docstring).
     """
 
-    def __init__(self, width: int, num_classes: int, num_heading_bins: int, dropout: float):
+    def __init__(self, width: int, num_classes: int, num_heading_bins: int, dropout: float,
+                 class_from_size: bool = False):
         super().__init__()
         self.num_classes = num_classes
+        self.size_class = (nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, num_classes))
+                           if class_from_size else None)
         self.num_heading_bins = num_heading_bins
         self.trunk = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), Dropout(dropout),
                                    nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), Dropout(dropout))
@@ -108,6 +116,8 @@ class BoxHead(nn.Module):
             [1, 3, 3, self.num_classes, self.num_heading_bins, self.num_heading_bins], dim=-1)
         objectness, center_offset, log_size_offset, class_logits, heading_logits, heading_residual = parts
         log_size = (base_log_size + log_size_offset).clamp(*_LOG_SIZE_RANGE)
+        if self.size_class is not None:
+            class_logits = class_logits + self.size_class(log_size.detach())
         out = {
             "center": base_center + center_offset, "center_offset": center_offset,
             "log_size": log_size, "log_size_offset": log_size_offset, "size": torch.exp(log_size),
@@ -125,7 +135,7 @@ class GroupFreeDetector(nn.Module):
     """Token encoder + GroupFree3D decoder; ``forward(batch)`` -> L + 1 output dicts (module docstring).
 
     Defaults are GroupFree3D's [prior]: 256 queries, 6 decoder layers, 8 heads, feed-forward 2048,
-    dropout 0.1, no head dropout, 12 heading bins (SUN RGB-D). The decoder width is the encoder's
+    dropout 0.1, no head dropout, 12 heading bins (SUN RGB-D); ``class_from_size`` off. The decoder width is the encoder's
     (GroupFree3D: 288, its backbone's). Every dict holds the ``BoxHead`` keys plus ``base_center`` /
     ``base_log_size`` (the box it refines, detached), ``query_xyz``, ``query_valid``, ``query_token``
     (B, Q) and ``token_logits`` (B, G) (the per-token objectness that chose the queries).
@@ -133,7 +143,8 @@ class GroupFreeDetector(nn.Module):
 
     def __init__(self, encoder: TransformerEncoder, num_classes: int, has_yaw: bool, num_queries: int = 256,
                  decoder_depth: int = 6, heads: int = 8, feedforward: int = 2048, dropout: float = 0.1,
-                 head_dropout: float = 0.0, num_heading_bins: int = 12):
+                 head_dropout: float = 0.0, num_heading_bins: int = 12,
+                 class_from_size: bool = False):
         super().__init__()
         if num_queries < 1 or decoder_depth < 0 or num_classes < 1:
             raise ValueError(f"num_queries >= 1, decoder_depth >= 0 and num_classes >= 1 expected, got "
@@ -149,7 +160,7 @@ class GroupFreeDetector(nn.Module):
         self.token_objectness = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(),
                                               nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(),
                                               nn.Linear(width, 1))
-        self.proposal_head = BoxHead(width, num_classes, bins, head_dropout)
+        self.proposal_head = BoxHead(width, num_classes, bins, head_dropout, class_from_size)
         self.query_proj = nn.Linear(width, width)
         self.key_proj = nn.Linear(width, width)
         self.layers = nn.ModuleList(GroupFreeLayer(width, heads, feedforward, dropout)
@@ -157,7 +168,7 @@ class GroupFreeDetector(nn.Module):
         self.self_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
         self.size_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
         self.cross_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
-        self.heads = nn.ModuleList(BoxHead(width, num_classes, bins, head_dropout) for _ in range(decoder_depth))
+        self.heads = nn.ModuleList(BoxHead(width, num_classes, bins, head_dropout, class_from_size) for _ in range(decoder_depth))
         for p in self.layers.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
