@@ -68,6 +68,8 @@ class GroupFreeDetection(DetectionSpec):
       recipe: loss settings (``GroupFreeRecipe``; None = GroupFree3D's ScanNet recipe).
       class_from_size: class logits also from each box's predicted size [choice: off, as GroupFree3D]
         (``methods.downstream.detection.groupfree``).
+      roi_class, roi_points, roi_margin: class logits also from the points inside each box
+        (``methods.downstream.detection.roi_class``) [choice: off, 64 points, faces grown by 0.1 of each extent].
       objectness_threshold, nms_iou: post-processing [prior: GroupFree3D's evaluation keeps every box
         (0.0), class-aware NMS at 0.25].
     """
@@ -80,7 +82,8 @@ class GroupFreeDetection(DetectionSpec):
                  num_heading_bins: int = 12, recipe: GroupFreeRecipe | None = None,
                  objectness_threshold: float = 0.0, nms_iou: float = 0.25, augment: bool = True,
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
-                 curve: LearningCurve | None = None, class_from_size: bool = False):
+                 curve: LearningCurve | None = None, class_from_size: bool = False, roi_class: bool = False,
+                 roi_points: int = 64, roi_margin: float = 0.1):
         super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
                          curve, objectness_threshold, nms_iou)
         if num_queries < 1 or decoder_depth < 0:
@@ -95,6 +98,9 @@ class GroupFreeDetection(DetectionSpec):
         self.num_heading_bins = num_heading_bins
         self.recipe = recipe or GroupFreeRecipe()
         self.class_from_size = class_from_size
+        self.roi_class = roi_class
+        self.roi_points = roi_points
+        self.roi_margin = roi_margin
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""
@@ -104,7 +110,8 @@ class GroupFreeDetection(DetectionSpec):
                                       decoder_depth=self.decoder_depth, heads=self.heads,
                                       feedforward=self.feedforward, dropout=self.dropout,
                                       head_dropout=self.head_dropout, num_heading_bins=self.num_heading_bins,
-                                      class_from_size=self.class_from_size)
+                                      class_from_size=self.class_from_size, roi_class=self.roi_class,
+                                      roi_points=self.roi_points, roi_margin=self.roi_margin)
             return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)

@@ -9,7 +9,8 @@ GroupFree3D-style.
 - ``boxes``: heading bin coding and the differentiable axis-aligned GIoU.
 - ``groupfree`` / ``groupfree_objective``: the GroupFree3D-style alternative [prior: Liu et al. 2021] --
   per-token objectness (KPS) picks the queries, a decoder refines boxes layer by layer, targets from the
-  object each query's token lies in; decoded by the same ``postprocess``.
+  object each query's token lies in; decoded by the same ``postprocess``. ``roi_class``: its optional class
+  head on the points inside each box.
 """
 from methods.downstream.detection.boxes import aabb_giou, angle_to_bin, bin_to_angle, enclosing_aabb
 from methods.downstream.detection.groupfree import GroupFreeDetector, select_queries

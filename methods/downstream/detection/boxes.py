@@ -1,4 +1,4 @@
-"""Box maths for the detection head: heading bins and a differentiable axis-aligned 3D GIoU.
+"""Box maths for the detection heads: heading bins, points in a box's frame, a differentiable axis-aligned 3D GIoU.
 
 Boxes follow the harness convention (DESIGN.md 2.10): ``[cx, cy, cz, dx, dy, dz, yaw]``, centre and
 FULL extents along the box's own axes, yaw counter-clockwise about +z from +x.
@@ -35,6 +35,14 @@ def heading_to_yaw(logits: torch.Tensor, residual: torch.Tensor, num_bins: int) 
     """Yaw (...) of the arg-max heading bin of ``logits`` (..., num_bins) and that bin's ``residual``."""
     cls = logits.argmax(dim=-1, keepdim=True)
     return bin_to_angle(cls.squeeze(-1), residual.gather(-1, cls).squeeze(-1), num_bins)
+
+
+def points_in_box_frame(points: torch.Tensor, center: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    """(B, N, M, 3): each point (B, N, 3) relative to each box centre (B, M, 3), rotated by -yaw (B, M)
+    into the box's own axes."""
+    d = points[:, :, None, :] - center[:, None, :, :]
+    c, s = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+    return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1], d[..., 2]], dim=-1)
 
 
 def enclosing_aabb(boxes: torch.Tensor) -> torch.Tensor:

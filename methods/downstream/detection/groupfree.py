@@ -23,6 +23,11 @@ Class from size [choice: off, as GroupFree3D]: with ``class_from_size`` every he
 an MLP of its own (detached) predicted log-extents, so a query's class can follow its box's size before the
 features learn shape. Measured on the synthetic demo (no pretraining, 20 epochs, 3 seeds): AP25 1.9 -> 4.0.
 
+Class from the box's points [choice: off, an addition to GroupFree3D]: with ``roi_class`` one shared
+``roi_class.RoiClassifier`` adds to every box set's class logits a function of the points inside that
+set's (detached) boxes. Measured on the synthetic demo (no pretraining, 20 epochs, 3 seeds): AP25 1.9 ->
+6.3 (``roi_class.py``); with ``class_from_size`` as well, seed 0: 4.7, as without it.
+
 Layers are GroupFree3D's [prior]: post-norm, position embeddings added to queries, keys and values, one
 learned self/cross position embedding per layer, xavier-uniform init, ReLU feed-forward. Prediction heads
 are unshared (one per box set); LayerNorm replaces their BatchNorm so padded queries never enter
@@ -40,6 +45,7 @@ from torch import nn
 from methods.downstream.detection.boxes import heading_to_yaw
 # The 3DETR head's SDPA attention (separate q/k/v inputs, key padding mask), shared within this package.
 from methods.downstream.detection.model import _LOG_SIZE_RANGE, _Attention
+from methods.downstream.detection.roi_class import RoiClassifier
 from methods.encoder import Dropout, PositionEmbed, TransformerEncoder
 
 
@@ -135,7 +141,8 @@ class GroupFreeDetector(nn.Module):
     """Token encoder + GroupFree3D decoder; ``forward(batch)`` -> L + 1 output dicts (module docstring).
 
     Defaults are GroupFree3D's [prior]: 256 queries, 6 decoder layers, 8 heads, feed-forward 2048,
-    dropout 0.1, no head dropout, 12 heading bins (SUN RGB-D); ``class_from_size`` off. The decoder width is the encoder's
+    dropout 0.1, no head dropout, 12 heading bins (SUN RGB-D); ``class_from_size`` and ``roi_class`` off
+    (``roi_points`` / ``roi_margin``: the ``RoiClassifier``'s, used with ``roi_class``). The decoder width is the encoder's
     (GroupFree3D: 288, its backbone's). Every dict holds the ``BoxHead`` keys plus ``base_center`` /
     ``base_log_size`` (the box it refines, detached), ``query_xyz``, ``query_valid``, ``query_token``
     (B, Q) and ``token_logits`` (B, G) (the per-token objectness that chose the queries).
@@ -144,7 +151,8 @@ class GroupFreeDetector(nn.Module):
     def __init__(self, encoder: TransformerEncoder, num_classes: int, has_yaw: bool, num_queries: int = 256,
                  decoder_depth: int = 6, heads: int = 8, feedforward: int = 2048, dropout: float = 0.1,
                  head_dropout: float = 0.0, num_heading_bins: int = 12,
-                 class_from_size: bool = False):
+                 class_from_size: bool = False, roi_class: bool = False, roi_points: int = 64,
+                 roi_margin: float = 0.1):
         super().__init__()
         if num_queries < 1 or decoder_depth < 0 or num_classes < 1:
             raise ValueError(f"num_queries >= 1, decoder_depth >= 0 and num_classes >= 1 expected, got "
@@ -172,6 +180,8 @@ class GroupFreeDetector(nn.Module):
         for p in self.layers.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        # Built last, so the parameters above draw the same initial values with it or without it.
+        self.roi_classifier = (RoiClassifier(num_classes, width, roi_points, roi_margin) if roi_class else None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         centers, valid = batch["centers"], batch["valid"]
@@ -183,19 +193,22 @@ class GroupFreeDetector(nn.Module):
         query_xyz = centers.gather(1, index.expand(-1, -1, 3)) * query_valid[..., None]
         shared = {"query_xyz": query_xyz, "query_valid": query_valid, "query_token": query_token,
                   "token_logits": token_logits}
-        prev = self._predict(self.proposal_head, feat, query_xyz, torch.zeros_like(query_xyz), shared)
+        points = batch["points"] if self.roi_classifier is not None else None
+        prev = self._predict(self.proposal_head, feat, query_xyz, torch.zeros_like(query_xyz), shared, points)
         outputs = [prev]
         x, key = self.query_proj(feat), self.key_proj(memory)
         for i, layer in enumerate(self.layers):
             base_center, base_log_size = prev["center"].detach(), prev["log_size"].detach()
             pos = self.self_pos[i](base_center) + self.size_pos[i](base_log_size)
             x = layer(x, pos, query_valid, key, self.cross_pos[i](centers), valid)
-            prev = self._predict(self.heads[i], x, base_center, base_log_size, shared)
+            prev = self._predict(self.heads[i], x, base_center, base_log_size, shared, points)
             outputs.append(prev)
         return outputs
 
-    @staticmethod
-    def _predict(head: BoxHead, feat: torch.Tensor, base_center: torch.Tensor, base_log_size: torch.Tensor,
-                 shared: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _predict(self, head: BoxHead, feat: torch.Tensor, base_center: torch.Tensor, base_log_size: torch.Tensor,
+                 shared: dict[str, torch.Tensor], points: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out = head(feat, base_center, base_log_size)
+        if self.roi_classifier is not None:
+            out["class_logits"] = out["class_logits"] + self.roi_classifier(points, out["center"], out["log_size"],
+                                                                            out["yaw"])
         return {**out, "base_center": base_center, "base_log_size": base_log_size, **shared}

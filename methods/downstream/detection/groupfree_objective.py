@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.downstream.detection.boxes import angle_to_bin
+from methods.downstream.detection.boxes import angle_to_bin, points_in_box_frame
 from methods.downstream.detection.groupfree import GroupFreeDetector
 
 LOSS_KEYS = ("kps", "objectness", "center", "size", "heading", "cls")
@@ -49,9 +49,7 @@ LOSS_KEYS = ("kps", "objectness", "center", "size", "heading", "cls")
 
 def _local_offsets(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(B, G, M, 3): each point relative to each box's centre, in the box's own (yaw-rotated) frame."""
-    d = points[:, :, None, :] - boxes[:, None, :, :3]
-    c, s = torch.cos(boxes[..., 6])[:, None], torch.sin(boxes[..., 6])[:, None]
-    return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1], d[..., 2]], dim=-1)
+    return points_in_box_frame(points, boxes[..., :3], boxes[..., 6])
 
 
 @torch.no_grad()
