@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from bench.tables import (PAPER_DIR, TableSpec, build_table, load_paper_table, minimal_detectable_difference,
-                          paper_row, records_from_mlflow, to_csv, to_latex, to_markdown, write_table)
+                          paired_t_test, paper_row, records_from_mlflow, to_csv, to_latex, to_markdown, write_table)
 
 METRICS = ["scannet/det/AP25", "scannet/det/AP50", "s3dis/seg/mIoU", "s3dis/seg/mAcc"]
 
@@ -375,3 +375,14 @@ def test_the_table_does_not_depend_on_the_order_the_runs_finished_in():
     straight = build_table(records, spec, paper=None)
     shuffled = build_table([records[i] for i in (4, 2, 0, 5, 1, 3)], spec, paper=None)
     pd.testing.assert_frame_equal(straight, shuffled)
+
+
+def test_the_paired_t_test_is_scipys_to_the_last_bit():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(2, 8))
+        a, b = rng.normal(size=n) * 10, rng.normal(size=n) * 10
+        assert paired_t_test(a - b) == stats.ttest_rel(a, b).pvalue
+    for n, alpha in ((2, 0.05), (3, 0.01), (10, 0.05)):
+        assert minimal_detectable_difference(1.0, n, alpha) == pytest.approx(
+            stats.t.ppf(1 - alpha / 2, n - 1) / math.sqrt(n), rel=1e-12)
