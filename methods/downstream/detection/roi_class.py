@@ -14,7 +14,7 @@ box with no point inside pools to zeros (its logits come from its size alone).
 Measured (synthetic demo, no-pretraining row, GroupFree3D-style head at demo size, 32 val rooms): 20 epochs,
 3 seeds, AP25 2.0 / 1.6 / 2.0 -> 4.7 / 8.9 / 5.2 (mean 1.9 -> 6.3), for about 30 % more training time; 40
 epochs, seed 0, 7.3 -> 13.8, with the class of the top-scoring box overlapping an object (IoU > 0.25) right
-for 66 % of the objects instead of 40 %; 60 epochs, 3 seeds, 15.1 / 18.4 / 15.8 -> 24.7 / 23.5 / 17.4 (mean
+for 66 % of the objects instead of 40 %; 60 epochs, 3 seeds, 15.0 / 18.4 / 15.8 -> 24.7 / 23.5 / 17.4 (mean
 16.4 -> 21.9) for 1.5x the training time. Boxes stay the limit: AP50 about 2 either way.
 """
 from __future__ import annotations
