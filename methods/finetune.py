@@ -144,8 +144,6 @@ class _Finetune:
         return model, history
 
 
-
-
 @gin.register
 class SegmentationFinetune(_Finetune):
     """Semantic segmentation on whole scenes (DESIGN 2.9): KNN tokens, the (pretrained) encoder, 3-NN feature

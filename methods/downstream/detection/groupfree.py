@@ -142,8 +142,8 @@ class GroupFreeDetector(nn.Module):
 
     Defaults are GroupFree3D's [prior]: 256 queries, 6 decoder layers, 8 heads, feed-forward 2048,
     dropout 0.1, no head dropout, 12 heading bins (SUN RGB-D); ``class_from_size`` and ``roi_class`` off
-    (``roi_points`` / ``roi_margin``: the ``RoiClassifier``'s, used with ``roi_class``). The decoder width is the encoder's
-    (GroupFree3D: 288, its backbone's). Every dict holds the ``BoxHead`` keys plus ``base_center`` /
+    (``roi_points`` / ``roi_margin``: the ``RoiClassifier``'s, used with ``roi_class``). The decoder width
+    is the encoder's (GroupFree3D: 288, its backbone's). Every dict holds the ``BoxHead`` keys plus ``base_center`` /
     ``base_log_size`` (the box it refines, detached), ``query_xyz``, ``query_valid``, ``query_token``
     (B, Q) and ``token_logits`` (B, G) (the per-token objectness that chose the queries).
     """
@@ -176,12 +176,13 @@ class GroupFreeDetector(nn.Module):
         self.self_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
         self.size_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
         self.cross_pos = nn.ModuleList(PositionEmbed(width) for _ in range(decoder_depth))
-        self.heads = nn.ModuleList(BoxHead(width, num_classes, bins, head_dropout, class_from_size) for _ in range(decoder_depth))
+        self.heads = nn.ModuleList(BoxHead(width, num_classes, bins, head_dropout, class_from_size)
+                                   for _ in range(decoder_depth))
         for p in self.layers.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         # Built last, so the parameters above draw the same initial values with it or without it.
-        self.roi_classifier = (RoiClassifier(num_classes, width, roi_points, roi_margin) if roi_class else None)
+        self.roi_classifier = RoiClassifier(num_classes, width, roi_points, roi_margin) if roi_class else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         centers, valid = batch["centers"], batch["valid"]

@@ -47,11 +47,6 @@ from methods.downstream.detection.groupfree import GroupFreeDetector
 LOSS_KEYS = ("kps", "objectness", "center", "size", "heading", "cls")
 
 
-def _local_offsets(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(B, G, M, 3): each point relative to each box's centre, in the box's own (yaw-rotated) frame."""
-    return points_in_box_frame(points, boxes[..., :3], boxes[..., 6])
-
-
 @torch.no_grad()
 def token_coverage(centers: torch.Tensor, rel: torch.Tensor, gt_boxes: torch.Tensor,
                    margin: float = 0.0) -> torch.Tensor:
@@ -62,7 +57,7 @@ def token_coverage(centers: torch.Tensor, rel: torch.Tensor, gt_boxes: torch.Ten
     boxes = gt_boxes.float()
     coverage = points.new_zeros(b, g, boxes.shape[1])
     for j in range(boxes.shape[1]):  # one box at a time: (B, G*K) per box, not (B, G*K, M)
-        local = _local_offsets(points, boxes[:, j:j + 1])[:, :, 0]
+        local = points_in_box_frame(points, boxes[:, j:j + 1, :3], boxes[:, j:j + 1, 6])[:, :, 0]
         inside = (local.abs() <= boxes[:, None, j, 3:6] / 2 + margin).all(dim=-1)
         coverage[..., j] = inside.reshape(b, g, k).float().mean(dim=-1)
     return coverage
@@ -79,8 +74,9 @@ def token_assignment(centers: torch.Tensor, rel: torch.Tensor, valid: torch.Tens
     """
     coverage = token_coverage(centers, rel, gt_boxes, margin)
     coverage = torch.where(valid[:, :, None] & gt_valid[:, None, :], coverage, torch.zeros_like(coverage))
-    local = _local_offsets(centers.float(), gt_boxes.float())
-    dist = (local / gt_boxes[:, None, :, 3:6].float().clamp(min=1e-6)).norm(dim=-1)
+    boxes = gt_boxes.float()
+    local = points_in_box_frame(centers.float(), boxes[..., :3], boxes[..., 6])
+    dist = (local / boxes[:, None, :, 3:6].clamp(min=1e-6)).norm(dim=-1)
     inf = torch.full_like(dist, float("inf"))
     best = coverage.max(dim=-1, keepdim=True).values if coverage.shape[-1] else coverage[..., :1]
     candidate = (coverage == best) & (coverage >= min_coverage) & (coverage > 0)
