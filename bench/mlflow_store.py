@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 
 from bench.errors import HarnessError
@@ -114,9 +115,17 @@ class MlflowStore:
         run = self._client.get_run(run_id)
         return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics)}
 
+    def runs_data(self, run_ids: Sequence[str]) -> list[dict]:
+        """``run_data`` of every run, in one call (one round trip to the helper process)."""
+        return [self.run_data(run_id) for run_id in run_ids]
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, int, float]]:
         """Every logged value of ``key``: (step, timestamp ms, value)."""
         return [(m.step, m.timestamp, m.value) for m in self._client.get_metric_history(run_id, key)]
+
+    def metric_histories(self, wanted: Sequence[tuple[str, str]]) -> list[list[tuple[int, int, float]]]:
+        """``metric_history`` of every (run_id, key), in one call (a table's curves are dozens of them)."""
+        return [self.metric_history(run_id, key) for run_id, key in wanted]
 
     def flush(self) -> None:
         """Nothing is pending in this process."""
@@ -134,8 +143,13 @@ _FULL_DISK = ("database or disk is full", "No space left on device", "Disk quota
 _helper: StoreProxy | None = None
 
 
-def _serve(connection) -> None:
-    """The helper's loop: import MLflow now, then run calls until the parent closes its end."""
+def _serve(connection, parent_end=None) -> None:
+    """The helper's loop: import MLflow now, then run calls until the parent closes its end.
+
+    ``parent_end``: the parent's end of the pipe, which a forked helper holds a copy of; closed here, or the
+    helper would never see the parent close it (and would outlive it)."""
+    if parent_end is not None:
+        parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (and marks its runs KILLED)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
     from mlflow.tracking import MlflowClient  # noqa: F401
@@ -166,15 +180,29 @@ def _serve(connection) -> None:
         connection.send((result, error))
 
 
+def _start_method() -> str:
+    """"fork" where it is safe: the helper then starts at once, with this process's imports, instead of a
+    fresh interpreter that imports them again (a quarter of a second, on a cached re-run's critical path).
+    Safe means Linux, one thread and no torch yet (whose native threads a fork would copy mid-work):
+    ``run_bench.py`` calls ``prewarm()`` before anything else; tests and library use get "spawn"."""
+    if sys.platform == "linux" and threading.active_count() == 1 and "torch" not in sys.modules:
+        return "fork"
+    return "spawn"
+
+
 class StoreProxy:
     """``MlflowStore``'s methods, run in the helper process (module docstring)."""
 
     def __init__(self):
-        context = multiprocessing.get_context("spawn")
+        method = _start_method()
+        context = multiprocessing.get_context(method)
         self._connection, child = context.Pipe()
         # Not a daemon: it must finish the writes already sent when this process exits. It ends when
         # this process closes its end of the pipe (or exits, however it exits).
-        self._process = context.Process(target=_serve, args=(child,), name="mlflow-store")
+        inherited = self._connection if method == "fork" else None
+        self._process = context.Process(target=_serve, args=(child, inherited), name="mlflow-store")
+        sys.stdout.flush()  # a forked helper must not write this process's buffered output a second time
+        sys.stderr.flush()
         self._process.start()
         child.close()
         self.uri: str | None = None

@@ -18,7 +18,7 @@ from bench.fingerprint import fingerprint
 from bench.io import CorruptCacheFile, atomic_write_bytes, read_cache_file, write_cache_file
 from bench.mlflow_store import as_store
 from bench.summary import finite_mean
-from bench.tables import TableSpec, build_table, load_paper_table, records_from_mlflow, simulation_label, write_table
+from bench.tables import TableSpec, build_table, load_paper_table, records_from_runs, simulation_label, write_table
 
 
 def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float,
@@ -63,7 +63,9 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
     (a re-run of a finished table has the same numbers, and drawing cost most of its time).
     """
     store = as_store(tracking)  # a tracking URI or a store (bench.mlflow_store)
-    records = records_from_mlflow(store, parent_run_id)
+    runs = store.child_runs(parent_run_id)
+    records = records_from_runs(runs)
+    run_of = {run["run_id"]: run for run in runs}
     paper = load_paper_table(spec.paper_table) if spec.paper_table else None
     table = build_table(records, spec, paper)
     paths = list(write_table(folder, table, spec, convention))
@@ -76,16 +78,15 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
         paths.append(_figure(figure_cache, folder / f"{spec.name}_class_iou.png", "plot_class_iou_vs_frequency",
                              per_class=per_class, class_frequency=class_counts,
                              title=f"{spec.name}: per-class IoU vs training frequency", conventions=label))
-    run_ids = [r["run_id"] for r in records]
+    finished = [run_of[r["run_id"]] for r in records]
     for stage in ("pretrain", "finetune"):
-        curves = loss_curves_from_mlflow(store, run_ids, prefix=f"{stage}/")
+        curves = metric_curves(store, finished, prefix=f"{stage}/")
         if curves:
             paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png", "plot_loss_curves",
                                  curves=curves, title=f"{spec.name}: {stage} loss", conventions=label))
     # Learning curves (methods.learning_curve) of the baseline and the last (full-method) row.
-    shown = [r for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
-    curves = seed_mean_curves(loss_curves_from_mlflow(store, [r["run_id"] for r in shown], prefix="finetune/",
-                                                      suffix="/val_AP25"))
+    shown = [run_of[r["run_id"]] for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
+    curves = seed_mean_curves(metric_curves(store, shown, prefix="finetune/", suffix="/val_AP25"))
     if curves:
         # A point logged at step e (0-based) was scored after e + 1 epochs.
         curves = {label: [(step + 1, value) for step, value in points] for label, points in curves.items()}
@@ -175,18 +176,27 @@ def loss_curves_from_mlflow(tracking, run_ids: Sequence[str], prefix: str = "pre
     into the same run) keeps its latest value.
     """
     store = as_store(tracking)
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for run_id in run_ids:
-        run = store.run_data(run_id)
+    runs = [{"run_id": run_id, **data} for run_id, data in zip(run_ids, store.runs_data(run_ids))]
+    return metric_curves(store, runs, prefix, suffix)
+
+
+def metric_curves(store, runs: Sequence[dict], prefix: str = "pretrain/",
+                  suffix: str = "/loss") -> dict[str, list[tuple[int, float]]]:
+    """``loss_curves_from_mlflow`` of runs already read (dicts with ``run_id``, ``tags`` and ``metrics``, as
+    ``MlflowStore.child_runs`` gives them): every history in one call to the store."""
+    wanted, labels = [], []
+    for run in runs:
         tags = run["tags"]
-        who = f"{tags['row']} seed={tags.get('seed', '?')}" if "row" in tags else run_id[:8]
+        who = f"{tags['row']} seed={tags.get('seed', '?')}" if "row" in tags else run["run_id"][:8]
         for key in sorted(run["metrics"]):
-            if not (key.startswith(prefix) and key.endswith(suffix)):
-                continue
-            latest: dict[int, tuple[int, float]] = {}
-            for step, stamp, value in store.metric_history(run_id, key):
-                if step not in latest or stamp >= latest[step][0]:
-                    latest[step] = (stamp, value)
-            label = f"{who} {key.removeprefix(prefix).removesuffix(suffix) or key}"
-            curves[label] = [(step, value) for step, (_, value) in sorted(latest.items())]
+            if key.startswith(prefix) and key.endswith(suffix):
+                wanted.append((run["run_id"], key))
+                labels.append(f"{who} {key.removeprefix(prefix).removesuffix(suffix) or key}")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for label, history in zip(labels, store.metric_histories(wanted) if wanted else []):
+        latest: dict[int, tuple[int, float]] = {}
+        for step, stamp, value in history:
+            if step not in latest or stamp >= latest[step][0]:
+                latest[step] = (stamp, value)
+        curves[label] = [(step, value) for step, (_, value) in sorted(latest.items())]
     return curves

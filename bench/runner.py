@@ -278,10 +278,11 @@ class Experiment:
         if self.table is None:  # a table run has printed its table already
             print("\n" + table)
         logged = config_bindings(config_text)
-        parent.log_params({k: v for k, v in config_bindings(operative).items() if k not in logged})
-        parent.log_artifacts(folder)
         main = summary.main_metrics(records)
-        parent.log_metrics({f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()})
+        means = {f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()}
+        parent.log_batch(params={k: v for k, v in config_bindings(operative).items() if k not in logged},
+                         series=[(0, int(time.time() * 1000), means)])
+        parent.log_artifacts(folder)
 
 
 @dataclasses.dataclass

@@ -111,7 +111,11 @@ def records_from_mlflow(tracking, parent_run_id: str, include_unfinished: bool =
     """
     from bench.mlflow_store import as_store
 
-    runs = as_store(tracking).child_runs(parent_run_id)
+    return records_from_runs(as_store(tracking).child_runs(parent_run_id), include_unfinished)
+
+
+def records_from_runs(runs: Sequence[dict], include_unfinished: bool = False) -> list[dict]:
+    """``records_from_mlflow`` of child runs already read (``MlflowStore.child_runs``'s dicts)."""
     records = []
     for run in sorted(runs, key=lambda r: (r["start_time"], r["run_id"])):
         if run["status"] != "FINISHED" and not include_unfinished:

@@ -22,7 +22,7 @@ from bench.mlflow_store import PARENT_RUN_TAG, fail_fast_http, store_for
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _MAX_PARAM_LENGTH = 6000
-_METRIC_BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+_ENTITY_BATCH = 1000  # MLflow accepts at most 1000 metrics, params and tags in all per log_batch call
 
 
 def metric_safe(name: str) -> str:
@@ -134,28 +134,34 @@ class RunHandle:
         self.name = name
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        items = [(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
-        with timing.span("mlflow"):
-            for start in range(0, len(items), _BATCH):
-                self._store.log_batch(self.run_id, params=items[start:start + _BATCH])
+        self.log_batch(params=params)
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        items = [(str(k), str(v)) for k, v in tags.items()]
-        with timing.span("mlflow"):
-            for start in range(0, len(items), _BATCH):
-                self._store.log_batch(self.run_id, tags=items[start:start + _BATCH])
+        self.log_batch(tags=tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.log_series([(step, int(time.time() * 1000), metrics)])
 
     def log_series(self, series: Sequence[tuple[int, int, Mapping[str, float]]]) -> None:
         """Log many (step, timestamp in ms, metrics) entries, e.g. whole loss curves, in few requests."""
+        self.log_batch(series=series)
+
+    def log_batch(self, params: Mapping[str, object] | None = None, tags: Mapping[str, object] | None = None,
+                  series: Sequence[tuple[int, int, Mapping[str, float]]] = ()) -> None:
+        """Params, tags and (step, timestamp ms, metrics) entries in as few requests as MLflow takes (each
+        request is one transaction of the store)."""
+        params_left = [(str(k), str(v)[:_MAX_PARAM_LENGTH]) for k, v in (params or {}).items()]
+        tags_left = [(str(k), str(v)) for k, v in (tags or {}).items()]
         # NaN is kept: MLflow stores it, and a NaN per-class IoU says the class was absent.
-        items = [(k, float(v), stamp, step) for step, stamp, metrics in series
-                 for k, v in metrics.items() if v is not None]
+        metrics_left = [(k, float(v), stamp, step) for step, stamp, metrics in series
+                        for k, v in metrics.items() if v is not None]
         with timing.span("mlflow"):
-            for start in range(0, len(items), _METRIC_BATCH):
-                self._store.log_batch(self.run_id, metrics=items[start:start + _METRIC_BATCH])
+            while params_left or tags_left or metrics_left:
+                params_now, params_left = params_left[:_BATCH], params_left[_BATCH:]
+                tags_now, tags_left = tags_left[:_BATCH], tags_left[_BATCH:]
+                room = _ENTITY_BATCH - len(params_now) - len(tags_now)
+                metrics_now, metrics_left = metrics_left[:room], metrics_left[room:]
+                self._store.log_batch(self.run_id, params=params_now, tags=tags_now, metrics=metrics_now)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         with timing.span("mlflow"):
@@ -195,14 +201,15 @@ class RecordingRun:
     def log_artifacts(self, folder: str | os.PathLike) -> None:
         self.log_artifact(folder)
 
+    def log_batch(self, params: Mapping[str, object] | None = None, tags: Mapping[str, object] | None = None,
+                  series: Sequence[tuple[int, int, Mapping[str, float]]] = ()) -> None:
+        self.log_params(params or {})
+        self.set_tags(tags or {})
+        self.series.extend((step, stamp, {k: float(v) for k, v in metrics.items()}) for step, stamp, metrics in series)
+
     def replay_into(self, handle: RunHandle) -> None:
         """Write everything recorded into a real run."""
-        if self.params:
-            handle.log_params(self.params)
-        if self.tags:
-            handle.set_tags(self.tags)
-        if self.series:
-            handle.log_series(self.series)
+        handle.log_batch(self.params, self.tags, self.series)
 
 
 class NullTracker:
@@ -236,6 +243,10 @@ class NullRun:
         pass
 
     def log_series(self, series: Sequence[tuple[int, int, Mapping[str, float]]]) -> None:
+        pass
+
+    def log_batch(self, params: Mapping[str, object] | None = None, tags: Mapping[str, object] | None = None,
+                  series: Sequence[tuple[int, int, Mapping[str, float]]] = ()) -> None:
         pass
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
