@@ -151,6 +151,9 @@ def _serve(connection, parent_end=None) -> None:
     if parent_end is not None:
         parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (and marks its runs KILLED)
+    # A forked helper inherits the parent's handlers; SIGTERM (``close()`` after a configuration error)
+    # must end it quietly, as it ends a spawned one.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
     from mlflow.tracking import MlflowClient  # noqa: F401
 
