@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from bench import mlflow_store, timing
+from bench import mlflow_store, startup, timing
 from bench.errors import HarnessError
 
 DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
     try:
-        with timing.span("imports and config"):
+        with timing.span("imports and config"), startup.importing_without_collection():
             from bench.config import describe_gin_error, parse_config
 
             parse_config(args.gin, args.gin_binding, allow_imports=args.allow_gin_imports)

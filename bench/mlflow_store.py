@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from bench.errors import HarnessError
+from bench.startup import importing_without_collection
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing MLflow
 
@@ -154,8 +155,9 @@ def _serve(connection, parent_end=None) -> None:
     # A forked helper inherits the parent's handlers; SIGTERM (``close()`` after a configuration error)
     # must end it quietly, as it ends a spawned one.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
-    from mlflow.tracking import MlflowClient  # noqa: F401
+    with importing_without_collection():
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
+        from mlflow.tracking import MlflowClient  # noqa: F401
 
     from bench.tracking import quiet_mlflow_logs
 
