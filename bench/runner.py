@@ -177,10 +177,12 @@ class Experiment:
                 atomic_write_text(staging / "config.gin", config_text)
                 records = self._run_rows(tracker, parent, results_dir, jobs, pool)
                 with timing.span("tables and plots"):
+                    # Sent first: the MLflow helper writes them while this process prepares the report.
+                    self._log_operative_config(staging, config_text, parent)
                     if self.table is not None:
                         self._write_report(staging, tracker.store, parent.run_id, results_dir, time.time() - started,
                                        sum(self._steps.values()))
-                    self._write_results(staging, records, config_text, parent)
+                    self._write_results(staging, records, parent)
                 os.replace(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -269,19 +271,21 @@ class Experiment:
                             figure_cache=results_dir / "cache" / "figures")
         print("\n" + (folder / f"{self.table.name}.md").read_text())
 
-    def _write_results(self, folder: pathlib.Path, records: list[dict], config_text: str, parent) -> None:
+    def _log_operative_config(self, folder: pathlib.Path, config_text: str, parent) -> None:
+        """The operative config as a file and as the parent run's params (those the config did not set)."""
         operative = gin.operative_config_str()
         atomic_write_text(folder / "operative_config.gin", operative)
+        logged = config_bindings(config_text)
+        parent.log_params({k: v for k, v in config_bindings(operative).items() if k not in logged})
+
+    def _write_results(self, folder: pathlib.Path, records: list[dict], parent) -> None:
         atomic_write_json(folder / "metrics.json", {"experiment": self.name, "runs": records})
         table = summary.markdown_table(records, self.dataset.info.name)
         atomic_write_text(folder / "summary.md", table)
         if self.table is None:  # a table run has printed its table already
             print("\n" + table)
-        logged = config_bindings(config_text)
         main = summary.main_metrics(records)
-        means = {f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()}
-        parent.log_batch(params={k: v for k, v in config_bindings(operative).items() if k not in logged},
-                         series=[(0, int(time.time() * 1000), means)])
+        parent.log_metrics({f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()})
         parent.log_artifacts(folder)
 
 
