@@ -201,12 +201,6 @@ class RecordingRun:
     def log_artifacts(self, folder: str | os.PathLike) -> None:
         self.log_artifact(folder)
 
-    def log_batch(self, params: Mapping[str, object] | None = None, tags: Mapping[str, object] | None = None,
-                  series: Sequence[tuple[int, int, Mapping[str, float]]] = ()) -> None:
-        self.log_params(params or {})
-        self.set_tags(tags or {})
-        self.series.extend((step, stamp, {k: float(v) for k, v in metrics.items()}) for step, stamp, metrics in series)
-
     def replay_into(self, handle: RunHandle) -> None:
         """Write everything recorded into a real run."""
         handle.log_batch(self.params, self.tags, self.series)
