@@ -16,6 +16,7 @@ import methods.encoder  # noqa: F401  EncoderSpec, DecoderSpec
 import methods.detr_recipe  # noqa: F401  DetrRecipe
 import methods.finetune  # noqa: F401  SegmentationFinetune, DetectionFinetune, FinetuneRow
 import methods.groupfree_finetune  # noqa: F401  GroupFreeDetection, GroupFreeRecipe
+import methods.vote_finetune  # noqa: F401  VoteGroupDetection
 import methods.masks  # noqa: F401  SamMaskSource, PrecomputedMaskSource, ClassicalMaskSource, RenderedMaskSource
 import methods.nonlearned  # noqa: F401  NonLearnedBaseline
 import methods.objectives  # noqa: F401  RegionDistillation, MaskedTokenPrediction, DistillationWithMTP, PointMAE, Bridge3DStyle

@@ -253,6 +253,18 @@ def _room() -> Scene:
                  boxes, np.array([0, 1, 2], np.int32), np.zeros(3, np.int32))
 
 
+def overfit(objective: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3) -> None:
+    """``steps`` AdamW steps (no weight decay, cosine to 0) of ``objective`` on one batch."""
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    for _ in range(steps):
+        loss = objective(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
 def test_the_head_overfits_one_scene_to_ap25_of_one():
     scene = _room()
     batch = collate_scenes([SceneSamples([scene], 1024, KnnTokenizer(64, 16), seed=0, augment=False)[0]])
@@ -262,15 +274,7 @@ def test_the_head_overfits_one_scene_to_ap25_of_one():
     # Class weight 1 instead of GroupFree3D's 0.1: with 0.1 the class (and heading) terms are too weak
     # to shape the shared features within a few hundred steps (the decoder's queries stay alike).
     objective = GroupFreeObjective(detector, weight_cls=1.0)
-    steps = 300
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=3e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    for _ in range(steps):
-        loss = objective(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    overfit(objective, batch, steps=300)
     det = predict_batch(detector, batch, batch["offset"])[0]
     scores = evaluate_detection([{"gt_boxes": scene.boxes, "gt_labels": scene.box_labels, "pred_boxes": det.boxes,
                                   "pred_labels": det.labels, "pred_scores": det.scores}], (0.25, 0.5), C)
