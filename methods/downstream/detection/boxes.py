@@ -45,6 +45,16 @@ def points_in_box_frame(points: torch.Tensor, center: torch.Tensor, yaw: torch.T
     return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1], d[..., 2]], dim=-1)
 
 
+def padded_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's (GT boxes (B, M, 7), labels (B, M), valid (B, M)) with every padding row set to a unit box
+    at the origin and label 0: padding rows may hold anything, and a unit box keeps every cost, loss and log
+    finite (callers still mask them out by ``valid``)."""
+    gt_valid = batch["gt_valid"].bool()
+    unit = torch.tensor([0, 0, 0, 1, 1, 1, 0], dtype=torch.float32, device=gt_valid.device)
+    gt_boxes = torch.where(gt_valid[..., None], batch["gt_boxes"].float(), unit)
+    return gt_boxes, torch.where(gt_valid, batch["gt_labels"].long(), 0), gt_valid
+
+
 def enclosing_aabb(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 7) yaw boxes -> (..., 6) ``[cx, cy, cz, ex, ey, ez]``: the axis-aligned box enclosing each.
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.downstream.detection.boxes import angle_to_bin, points_in_box_frame
+from methods.downstream.detection.boxes import angle_to_bin, padded_targets, points_in_box_frame
 from methods.downstream.detection.groupfree import GroupFreeDetector
 
 LOSS_KEYS = ("kps", "objectness", "center", "size", "heading", "cls")
@@ -153,11 +153,7 @@ class GroupFreeObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = self.detector(batch)
-        gt_valid = batch["gt_valid"].bool()
-        # Padding rows may hold anything; a unit box keeps every term finite.
-        unit = torch.tensor([0, 0, 0, 1, 1, 1, 0], dtype=torch.float32, device=gt_valid.device)
-        gt_boxes = torch.where(gt_valid[..., None], batch["gt_boxes"].float(), unit)
-        gt_labels = torch.where(gt_valid, batch["gt_labels"].long(), 0)
+        gt_boxes, gt_labels, gt_valid = padded_targets(batch)
         valid = batch["valid"].bool()
         assignment, member_dist = token_assignment(batch["centers"], batch["rel"], valid, gt_boxes, gt_valid,
                                                    self.min_coverage, self.margin)

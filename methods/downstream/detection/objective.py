@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.downstream.detection.boxes import aabb_giou, angle_to_bin, enclosing_aabb
+from methods.downstream.detection.boxes import aabb_giou, angle_to_bin, enclosing_aabb, padded_targets
 from methods.downstream.detection.model import Detector3D
 
 _LOSS_KEYS = ("cls", "center", "size", "giou", "heading")
@@ -108,12 +108,7 @@ class DetectionObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = self.detector(batch)
-        gt_valid = batch["gt_valid"].bool()
-        # Padding rows may hold anything; a unit box keeps every cost and log finite.
-        unit = gt_valid.new_zeros(7, dtype=torch.float32)
-        unit[3:6] = 1.0
-        gt_boxes = torch.where(gt_valid.unsqueeze(-1), batch["gt_boxes"].float(), unit)
-        gt_labels = torch.where(gt_valid, batch["gt_labels"].long(), 0)
+        gt_boxes, gt_labels, gt_valid = padded_targets(batch)
         num_boxes = max(int(gt_valid.sum()), 1)
         parts = {k: gt_boxes.new_zeros(()) for k in _LOSS_KEYS}
         for out in outputs:

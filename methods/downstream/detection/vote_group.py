@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.types import Detections
+from methods.downstream.detection.boxes import padded_targets, points_in_box_frame
 from methods.downstream.detection.postprocess import nms_3d
 from methods.downstream.segmentation import propagate_features
 from methods.encoder import TransformerEncoder, init_weights
@@ -43,14 +44,8 @@ def point_box_assignment(points: torch.Tensor, gt_boxes: torch.Tensor, gt_valid:
     """(B, N) index of the smallest valid box (B, M, 7: centre, extents, yaw) holding each point, -1 if none.
 
     Inside means within half of each extent in the box's own (yaw-rotated) frame, faces included."""
-    d = points[:, :, None, :] - gt_boxes[:, None, :, :3]
-    yaw = gt_boxes[..., 6][:, None, :]
-    c, s = torch.cos(yaw), torch.sin(yaw)
-    local_x = c * d[..., 0] + s * d[..., 1]
-    local_y = -s * d[..., 0] + c * d[..., 1]
-    half = gt_boxes[:, None, :, 3:6] / 2
-    inside = (local_x.abs() <= half[..., 0]) & (local_y.abs() <= half[..., 1]) & (d[..., 2].abs() <= half[..., 2])
-    inside &= gt_valid[:, None, :]
+    local = points_in_box_frame(points, gt_boxes[..., :3], gt_boxes[..., 6])
+    inside = (local.abs() <= gt_boxes[:, None, :, 3:6] / 2).all(dim=-1) & gt_valid[:, None, :]
     volume = gt_boxes[..., 3:6].prod(dim=-1)[:, None, :].expand_as(inside)
     best = torch.where(inside, volume, torch.full_like(volume, float("inf"))).argmin(dim=-1)
     return torch.where(inside.any(dim=-1), best, torch.full_like(best, -1))
@@ -97,8 +92,6 @@ class VoteGroupDetector(nn.Module):
         return out
 
 
-LOSS_KEYS = ("cls", "offset", "size", "heading")
-
 
 class VoteGroupObjective(nn.Module):
     """Wraps a ``VoteGroupDetector`` for ``methods.train.train``: ``forward(batch)`` -> loss and its parts.
@@ -122,10 +115,7 @@ class VoteGroupObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.detector(batch)
-        gt_valid = batch["gt_valid"].bool()
-        unit = torch.tensor([0, 0, 0, 1, 1, 1, 0], dtype=torch.float32, device=gt_valid.device)
-        gt_boxes = torch.where(gt_valid[..., None], batch["gt_boxes"].float(), unit)
-        gt_labels = torch.where(gt_valid, batch["gt_labels"].long(), 0)
+        gt_boxes, gt_labels, gt_valid = padded_targets(batch)
         points = batch["points"].float()
         assignment = point_box_assignment(points, gt_boxes, gt_valid)
         positive = assignment >= 0
