@@ -9,8 +9,9 @@ import torch
 
 from bench.metrics import evaluate_detection
 from datasets.types import DatasetInfo, Scene
-from methods.downstream.detection.vote_group import (VoteGroupDetector, VoteGroupObjective, group_votes,
-                                                     point_box_assignment)
+from methods.downstream.detection.boxes import points_in_box_frame
+from methods.downstream.detection.vote_group import (VoteGroupDetector, VoteGroupObjective, footprint_yaw,
+                                                     group_votes, point_box_assignment)
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
 from methods.encoder import EncoderSpec, TransformerEncoder
 from methods.tokenizers import KnnTokenizer
@@ -22,11 +23,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 C = 3
 
 
-def _detector(has_yaw: bool = True, seed: int = 0) -> VoteGroupDetector:
+def _detector(has_yaw: bool = True, seed: int = 0, cluster_class: bool = False) -> VoteGroupDetector:
     torch.manual_seed(seed)
     encoder = TransformerEncoder(width=32, depth=1, heads=2, drop_path=0.0, embed_channels=(16, 32, 64),
                                  embed_norm="layer")
-    return VoteGroupDetector(encoder, num_classes=C, has_yaw=has_yaw, hidden=32)
+    return VoteGroupDetector(encoder, num_classes=C, has_yaw=has_yaw, hidden=32, cluster_class=cluster_class)
 
 
 def _batch(scene: Scene, points: int = 512) -> dict[str, torch.Tensor]:
@@ -76,6 +77,36 @@ def test_without_yaw_there_is_no_heading_output_or_term():
     assert "heading" not in detector(_batch(_room()))
 
 
+def test_the_cluster_term_classifies_each_box_from_the_points_it_holds():
+    batch = _batch(_room())
+    detector = _detector(cluster_class=True)
+    objective = VoteGroupObjective(detector, weight_cluster=2.0)
+    out = objective(batch)
+    assert torch.isclose(out["loss"], sum(out[k] for k in ("cls", "offset", "size", "heading", "cluster")))
+    # By hand: every valid box holding >= 5 sampled points, its points' features max- and mean-pooled,
+    # their extent in the box's frame, then the classifier's cross-entropy against the box's label.
+    with torch.no_grad():
+        feature = detector(batch)["feature"][0]
+        points = batch["points"][0]
+        owner = point_box_assignment(batch["points"], batch["gt_boxes"], batch["gt_valid"].bool())[0]
+        inputs, labels = [], []
+        for j in range(batch["gt_boxes"].shape[1]):
+            member = owner == j
+            if member.sum() < 5:
+                continue
+            box = batch["gt_boxes"][:, j]
+            local = points_in_box_frame(points[member][None], box[:, :3][:, None], box[:, 6:7])[0, :, 0]
+            extent = (local.max(0).values - local.min(0).values).clamp(min=0.01)
+            inputs.append(torch.cat([feature[member].max(0).values, feature[member].mean(0), extent.log()]))
+            labels.append(int(batch["gt_labels"][0, j]))
+        assert len(labels) >= 2
+        expected = torch.nn.functional.cross_entropy(detector.cluster_head(torch.stack(inputs)),
+                                                     torch.tensor(labels))
+    assert out["cluster"] == pytest.approx(2.0 * float(expected), rel=1e-4)
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in detector.cluster_head.parameters())
+
+
 # ---------------------------------------------------------------- grouping
 
 def _outputs(labels: np.ndarray, offsets: np.ndarray, yaw: float = 0.0) -> dict[str, np.ndarray]:
@@ -116,6 +147,42 @@ def test_a_rotated_object_gets_its_heading_and_extent_in_that_frame():
     box = det.boxes[det.scores.argmax()]
     np.testing.assert_allclose(box[3:5], [1.2, 0.4], atol=1e-5)
     assert box[6] == pytest.approx(yaw, abs=1e-5) and det.labels[det.scores.argmax()] == 1
+
+
+def test_the_footprint_gives_a_rectangle_its_yaw_modulo_a_quarter_turn():
+    rng = np.random.default_rng(3)
+    local = rng.uniform([-0.8, -0.3], [0.8, 0.3], (300, 2))
+    local[:4] = [[-0.8, -0.3], [0.8, 0.3], [-0.8, 0.3], [0.8, -0.3]]
+    for degrees, expected in ((0, 0), (30, 30), (120, 30), (-20, 70)):
+        c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        xy = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1]], 1) + [4.0, -1.0]
+        assert footprint_yaw(xy) == pytest.approx(math.radians(expected), abs=1e-9), degrees
+
+
+def test_a_fitted_heading_and_a_cluster_classifier_replace_the_points_predictions():
+    rng = np.random.default_rng(4)
+    yaw = math.radians(30)
+    local = rng.uniform([-0.6, -0.2, 0.0], [0.6, 0.2, 0.5], (200, 3))
+    local[:4, :2] = [[-0.6, -0.2], [0.6, 0.2], [-0.6, 0.2], [0.6, -0.2]]
+    c, s = math.cos(yaw), math.sin(yaw)
+    points = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], 1)
+    outputs = _outputs(np.ones(200, int), points.mean(0) - points, yaw=0.0)  # predicted heading: wrong
+    outputs["feature"] = rng.normal(size=(200, 4))
+    seen = {}
+
+    def classify(top, mean, extent):
+        seen.update(top=top, mean=mean, extent=extent)
+        return np.array([[0.1, 0.2, 0.7]])
+
+    det = group_votes(points, outputs, 0.1, 10, 0.25, classify=classify, fit_heading=True)
+    box = det.boxes[det.scores.argmax()]
+    assert box[6] == pytest.approx(yaw, abs=1e-6)
+    np.testing.assert_allclose(box[3:6], [1.2, 0.4, np.ptp(local[:, 2])], atol=1e-5)
+    np.testing.assert_allclose(seen["top"], outputs["feature"].max(0, keepdims=True))
+    np.testing.assert_allclose(seen["mean"], outputs["feature"].mean(0, keepdims=True))
+    np.testing.assert_allclose(seen["extent"], box[None, 3:6], atol=1e-6)
+    assert det.labels[det.scores.argmax()] == 2  # the classifier's class, not the points' class 1
+    np.testing.assert_allclose(np.sort(det.scores)[::-1], [0.7, 0.2, 0.1], atol=1e-6)  # objectness 1 x p(c)
 
 
 def test_no_foreground_or_too_small_clusters_give_no_detection():
