@@ -113,7 +113,8 @@ class VoteGroupObjective(nn.Module):
     metres, summed over xyz) to the point's box centre; size: Huber (``size_delta``) on log-extents;
     heading: smooth L1 (0.1) on (cos 2 yaw, sin 2 yaw), 0 without yaw. The last three are means over object
     points. cluster (with the detector's ``cluster_head``): cross-entropy of each GT box's class from the
-    pooled features of the points it holds (boxes holding at least 5). Every term is multiplied by its weight, and the parts (detached) add up to ``loss``.
+    pooled features of the points it holds (boxes holding at least 5). Every term is multiplied by its
+    weight, and the parts (detached) add up to ``loss``.
     """
 
     def __init__(self, detector: VoteGroupDetector, weight_cls: float = 1.0, weight_offset: float = 1.0,
