@@ -248,7 +248,9 @@ def build_table(records: Sequence[Mapping], spec: TableSpec, paper: pd.DataFrame
         base = _finite({s: m.get(column, math.nan) for s, m in by_row[spec.baseline_row].items()})
         base_mean = _summary(base)[1]
         paper_column = spec.paper_columns.get(column, "")
-        paper_base = paper_row(paper, spec.paper_ref(spec.baseline_row, column)) if paper is not None else None
+        # A column without a paper counterpart (e.g. a head the paper does not have) looks up no paper row.
+        paper_base = paper_row(paper, spec.paper_ref(spec.baseline_row, column)) \
+            if paper is not None and paper_column else None
         for row in spec.rows:
             ref = spec.paper_ref(row, column)
             values = _finite({s: m.get(column, math.nan) for s, m in by_row[row].items()})

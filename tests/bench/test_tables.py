@@ -232,6 +232,21 @@ def test_paper_groups_put_each_column_beside_its_block_of_table1():
         TableSpec(name="x", rows={"a": ""}, baseline_row="a", columns=["m"], paper_groups={"n": "3DETR"})
 
 
+def test_a_column_without_a_paper_counterpart_beside_grouped_ones_gets_no_paper_cell():
+    # Table 1's demo: the demo's own head (det) has no block in the paper's Table 1, whose row names repeat
+    # across blocks; looking one up without a group would be ambiguous.
+    spec = TableSpec(name="t1", rows={"none": "+Plain Transformer", "ours": "+Ours"}, baseline_row="none",
+                     columns=["synthetic/det/AP25", "synthetic/det-3detr/AP25"], paper_table="table1",
+                     paper_columns={"synthetic/det-3detr/AP25": "scannet/det/AP25"},
+                     paper_groups={"synthetic/det-3detr/AP25": "3DETR"})
+    records = [{"row": "none", "seed": 0, "metrics": {"synthetic/det/AP25": 20.0}},
+               {"row": "ours", "seed": 0, "metrics": {"synthetic/det/AP25": 22.0}}]
+    table = build_table(records, spec)
+    own, detr = (_line(table, "ours", column) for column in spec.columns)
+    assert math.isnan(own["paper"]) and own["mean"] == 22.0 and own["delta"] == 2.0
+    assert detr["paper"] == 68.2
+
+
 def test_build_table_refuses_duplicate_seeds_and_bad_specs():
     with pytest.raises(ValueError, match="two records"):
         build_table(_records() + [{"row": "base", "seed": 0, "metrics": {}}], SPEC)
