@@ -11,7 +11,7 @@ synthetic demo (no pretraining, demo encoder, 32 val rooms, AP25, seed 0 unless 
 give 11.2 with the first version (weight_cls 1, class from the points' mean probabilities, heading from
 their predictions); class from the pooled cluster (``cluster_class``) 15.3, with the heading from the
 footprint (``fit_heading``) 17.5; at 30 epochs 23.1 and 24.7. Weighting the per-point class term up did the
-rest: weight_cls 2 / 4 / 8 gave 27.8 / 37.4 / 37.7 at 30 epochs and -, 27.7, 29.7 at 20; at 20 epochs with
+rest: weight_cls 2 / 4 / 8 gave 27.8 / 37.4 / 37.7 at 30 epochs and 21.4 / 27.7 / 29.7 at 20; at 20 epochs with
 weight_cls 8, seeds 1 and 2: 26.6, 26.9. Without the cluster classifier (weight_cls 4, 30 epochs) 25.5
 instead of 37.4; without the footprint heading 34.6 (AP50 10.6 instead of 17.0). The GroupFree3D-style head:
 1.9 after 20 epochs (3 seeds), 21.9 after 60 with ``roi_class`` (3 seeds).
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from datasets.types import Detections, Scene
-from methods.downstream.detection.vote_group import (VoteGroupDetector, VoteGroupObjective,
-                                                           cluster_features, group_votes)
+from methods.downstream.detection.vote_group import (VoteGroupDetector, VoteGroupObjective, cluster_features,
+                                                     group_votes)
 from methods.downstream.scene_batch import scene_sample, scene_tokens
 from methods.encoder import EncoderSpec
 from methods.finetune import DetectionSpec
