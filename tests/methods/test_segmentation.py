@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from datasets.geometry import points_in_boxes
 from datasets.synthetic import SyntheticIndoor
 from datasets.types import Scene
+from methods.downstream import segmentation as segmentation_module
 from methods.downstream import (PointSegmenter, SceneSamples, SegmentationObjective, augment_sample,
                                 collate_scenes, load_pretrained_encoder, predict_scene_labels,
                                 propagate_features, scene_sample, scene_tokens)
+from methods.downstream.segmentation import NeighbourMemo, mix_features, point_neighbours
 from methods.encoder import TransformerEncoder
 from methods.tokenizers import KnnTokenizer
 
@@ -105,6 +107,50 @@ def test_propagation_chunks_agree_and_gradient_reaches_features():
     torch.testing.assert_close(propagate_features(points, centers, valid, features, chunk=7), whole)
     whole.sum().backward()
     assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+def test_mixing_equals_a_gather_along_the_tokens_values_and_gradients():
+    gen = torch.Generator().manual_seed(3)
+    points, centers = torch.randn(2, 60, 3, generator=gen), torch.randn(2, 9, 3, generator=gen)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, 6:] = False
+    idx, weight = point_neighbours(points, centers, valid, k=3)
+    assert idx.shape == weight.shape == (2, 60, 3) and not weight.requires_grad
+    features = torch.randn(2, 9, 5, generator=gen, requires_grad=True)
+    ours = mix_features(features, idx, weight)
+    gathered = features.gather(1, idx.reshape(2, -1, 1).expand(-1, -1, 5)).reshape(2, 60, 3, 5)
+    reference = (weight.unsqueeze(-1) * gathered).sum(dim=2)
+    assert torch.equal(ours, reference)
+    upstream = torch.randn(ours.shape, generator=gen)
+    assert torch.equal(torch.autograd.grad(ours, features, upstream)[0],
+                       torch.autograd.grad(reference, features, upstream)[0])
+    assert torch.equal(ours, propagate_features(points, centers, valid, features))
+
+
+def test_neighbour_memo_serves_the_same_search_only_for_the_same_content(monkeypatch):
+    calls = []
+    real = segmentation_module.point_neighbours
+    monkeypatch.setattr(segmentation_module, "point_neighbours", lambda *a: calls.append(a) or real(*a))
+    gen = torch.Generator().manual_seed(4)
+    points, centers = torch.randn(1, 40, 3, generator=gen), torch.randn(1, 6, 3, generator=gen)
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    memo = NeighbourMemo(1 << 20)
+    first = memo(points, centers, valid, 3, 2.0)
+    again = memo(points.clone(), centers.clone(), valid.clone(), 3, 2.0)  # equal content, other tensors
+    assert len(calls) == 1 and again[0] is first[0] and again[1] is first[1]
+    for k, power in ((3, 2.0), (2, 2.0), (3, 1.0)):
+        assert torch.equal(memo(points, centers, valid, k, power)[1], real(points, centers, valid, k, power)[1])
+    moved = points.clone()
+    moved[0, 7, 1] += 1e-3
+    fewer = valid.clone()
+    fewer[0, 5] = False
+    for args in ((moved, centers, valid), (points, centers + 1e-3, valid), (points, centers, fewer)):
+        torch.testing.assert_close(memo(*args, 3, 2.0), real(*args, 3, 2.0), rtol=0, atol=0)
+    assert len(calls) == 1 + 2 + 3  # the first, the two other (k, power), the three other contents
+    tiny = NeighbourMemo(100)  # smaller than one result: computed every time, never kept
+    tiny(points, centers, valid, 3, 2.0)
+    tiny(points, centers, valid, 3, 2.0)
+    assert tiny.cache.used == 0 and len(calls) == 8
 
 
 # --- scene samples and batches -------------------------------------------------------------------
@@ -296,6 +342,18 @@ def test_predict_scene_labels_labels_every_point(scene):
     with torch.no_grad():
         direct = model.eval()(batch)[0].argmax(-1).numpy()
     np.testing.assert_array_equal(labels[sample["index"]], direct)
+    # A second model gets the first one's neighbours from the memo, and the labels of a search of its own.
+    other = PointSegmenter(_encoder(seed=1), NUM_CLASSES).eval()
+    used = segmentation_module.EVAL_NEIGHBOURS.cache.used
+    served = predict_scene_labels(other, scene, _tokenizer(), 400, seed=5, chunk=1000)
+    assert segmentation_module.EVAL_NEIGHBOURS.cache.used == used
+    with torch.no_grad():
+        tokens = {k: v[None] for k, v in scene_tokens(sample["xyz"], _tokenizer(), seed=5).items()}
+        xyz = torch.from_numpy(scene.points - sample["offset"])[None]
+        colors = torch.from_numpy(scene.colors.astype(np.float32) / 255)[None]
+        logits = other.classify(other.encode(tokens["rel"], tokens["centers"], tokens["valid"]), tokens["centers"],
+                                tokens["valid"], xyz, colors, chunk=1000)
+    np.testing.assert_array_equal(served, logits[0].argmax(-1).numpy())
 
 
 # --- pretrained encoder loading ------------------------------------------------------------------
