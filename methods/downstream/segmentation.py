@@ -11,7 +11,6 @@ and trains the head only. Batches come from ``methods.downstream.scene_batch``.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.fingerprint import fingerprint
 from datasets.memory_cache import ByteBudgetCache
 from datasets.types import IGNORE_INDEX, Scene
 from methods.downstream.scene_batch import scene_sample, scene_tokens
@@ -93,9 +93,10 @@ class NeighbourMemo:
 
     Every model a row evaluates with one seed sees the same scenes and the same token centres (tokens
     come from a seeded point sample, not from the model), so the neighbour search, about half of a
-    segmentation evaluation on CPU, needs to run once per scene and seed. Keys hash the bytes of the
-    points, centres and validity with ``k`` and ``power``: another sample is never served. CPU tensors
-    only (on a GPU the search is cheap and memory dear). First come first kept within ``max_bytes``.
+    segmentation evaluation on CPU, needs to run once per scene and seed. Keys are the content
+    fingerprints (``bench.fingerprint``) of the points, centres and validity with ``k`` and ``power``:
+    another sample is never served. CPU tensors only (on a GPU the search is cheap and memory dear).
+    First come first kept within ``max_bytes``.
     """
 
     def __init__(self, max_bytes: int):
@@ -106,12 +107,7 @@ class NeighbourMemo:
         """The same as ``point_neighbours(points, centers, valid, k, power)``."""
         if any(t.device.type != "cpu" for t in (points, centers, valid)):
             return point_neighbours(points, centers, valid, k, power)
-        digest = hashlib.blake2b(digest_size=16)
-        for tensor in (points, centers, valid):
-            array = np.ascontiguousarray(tensor.detach().numpy())
-            digest.update(f"{array.dtype.str}{array.shape}".encode())
-            digest.update(array.data)
-        key = (digest.hexdigest(), int(k), float(power))
+        key = fingerprint(points, centers, valid, int(k), float(power))
         found = self.cache.get(key)
         if found is not None:
             return found
