@@ -49,12 +49,9 @@ def propagate_features(points: torch.Tensor, centers: torch.Tensor, valid: torch
         raise ValueError(f"propagation power: expected > 0 (2 = PointNet++'s 1/d^2, 1 = 1/d), got {power}")
     n = points.shape[1]
     step = max(1, n if chunk is None or chunk <= 0 else chunk)
-    parts = [_propagate(points[:, i:i + step], centers, valid, features, k, power) for i in range(0, n, step)]
+    parts = [mix_features(features, *point_neighbours(points[:, i:i + step], centers, valid, k, power))
+             for i in range(0, n, step)]
     return torch.cat(parts, dim=1) if parts else features.new_zeros(points.shape[0], 0, features.shape[2])
-
-
-def _propagate(points, centers, valid, features, k, power):
-    return mix_features(features, *point_neighbours(points, centers, valid, k, power))
 
 
 def point_neighbours(points: torch.Tensor, centers: torch.Tensor, valid: torch.Tensor, k: int = 3,
