@@ -5,6 +5,7 @@ folder, and logged as artifacts by the runner.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import platform
@@ -54,18 +55,47 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
+@dataclasses.dataclass
+class ReportInputs:
+    """What a report reads from the tracking store: the child runs, their records, and the curves it plots."""
+
+    runs: list[dict]
+    records: list[dict]
+    loss_curves: dict[str, dict[str, list[tuple[int, float]]]]  # "pretrain" / "finetune" -> curves
+    ap25_curves: dict[str, list[tuple[int, float]]]  # the learning curves, per seed
+
+
+def read_report_inputs(tracking, spec: TableSpec, parent_run_id: str) -> ReportInputs:
+    """Everything ``render_report`` needs from the tracking store, read now (a tracking URI or a store)."""
+    store = as_store(tracking)
+    runs = store.child_runs(parent_run_id)
+    records = records_from_runs(runs)
+    run_of = {run["run_id"]: run for run in runs}
+    finished = [run_of[r["run_id"]] for r in records]
+    loss_curves = {stage: metric_curves(store, finished, prefix=f"{stage}/") for stage in ("pretrain", "finetune")}
+    # Learning curves (methods.learning_curve) of the baseline and the last (full-method) row.
+    shown = [run_of[r["run_id"]] for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
+    ap25_curves = metric_curves(store, shown, prefix="finetune/", suffix="/val_AP25")
+    return ReportInputs(runs, records, loss_curves, ap25_curves)
+
+
 def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id: str,
                  class_counts: dict[str, int], convention: dict,
                  figure_cache: pathlib.Path | None = None) -> list[pathlib.Path]:
-    """Table (CSV, Markdown, LaTeX) and plots for one invocation; returns the written paths.
+    """Table (CSV, Markdown, LaTeX) and plots for one invocation, read from the tracking store (a tracking
+    URI or a store); returns the written paths. ``read_report_inputs`` then ``render_report``."""
+    return render_report(folder, spec, read_report_inputs(tracking, spec, parent_run_id), class_counts,
+                         convention, figure_cache)
+
+
+def render_report(folder: pathlib.Path, spec: TableSpec, inputs: ReportInputs, class_counts: dict[str, int],
+                  convention: dict, figure_cache: pathlib.Path | None = None) -> list[pathlib.Path]:
+    """Table (CSV, Markdown, LaTeX) and plots from what ``read_report_inputs`` read; returns the written paths.
 
     With ``figure_cache``, a figure drawn before from the same inputs is copied instead of drawn again
     (a re-run of a finished table has the same numbers, and drawing cost most of its time).
     """
-    store = as_store(tracking)  # a tracking URI or a store (bench.mlflow_store)
-    runs = store.child_runs(parent_run_id)
-    records = records_from_runs(runs)
-    run_of = {run["run_id"]: run for run in runs}
+    records = inputs.records
     paper = load_paper_table(spec.paper_table) if spec.paper_table else None
     table = build_table(records, spec, paper)
     paths = list(write_table(folder, table, spec, convention))
@@ -78,15 +108,11 @@ def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id:
         paths.append(_figure(figure_cache, folder / f"{spec.name}_class_iou.png", "plot_class_iou_vs_frequency",
                              per_class=per_class, class_frequency=class_counts,
                              title=f"{spec.name}: per-class IoU vs training frequency", conventions=label))
-    finished = [run_of[r["run_id"]] for r in records]
-    for stage in ("pretrain", "finetune"):
-        curves = metric_curves(store, finished, prefix=f"{stage}/")
+    for stage, curves in inputs.loss_curves.items():
         if curves:
             paths.append(_figure(figure_cache, folder / f"{spec.name}_{stage}_loss.png", "plot_loss_curves",
                                  curves=curves, title=f"{spec.name}: {stage} loss", conventions=label))
-    # Learning curves (methods.learning_curve) of the baseline and the last (full-method) row.
-    shown = [run_of[r["run_id"]] for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
-    curves = seed_mean_curves(metric_curves(store, shown, prefix="finetune/", suffix="/val_AP25"))
+    curves = seed_mean_curves(inputs.ap25_curves)
     if curves:
         # A point logged at step e (0-based) was scored after e + 1 epochs.
         curves = {label: [(step + 1, value) for step, value in points] for label, points in curves.items()}

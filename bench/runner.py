@@ -16,13 +16,14 @@ import json
 import os
 import pathlib
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
 
-from bench import distributed, owners, progress, steps, summary, timing
+from bench import distributed, owners, progress, startup, steps, summary, tables, timing
 from bench.checks import check_integer
 from bench.config import config_bindings
 from bench.errors import HarnessError
@@ -122,18 +123,18 @@ class Experiment:
                     # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
                     self._run_rows(NullTracker(), NullRun(self.name), results_dir, jobs, pool)
                     return None
-                if self.table is not None:
-                    # The table's imports are paid while the MLflow helper process is still importing
-                    # MLflow, not after the rows: that is most of a cached re-run's table step.
-                    from bench.tables import preload
-
-                    preload()
+                # The table's imports (pandas) are paid in a thread of their own while this one waits for
+                # the MLflow helper process, which is a cached re-run's critical path: first to import
+                # MLflow, then to write the runs.
+                preloading = startup.import_in_background(tables.preload) if self.table is not None else None
+                provenance = provenance_tags()
                 with owners.Owner(results_dir) as owner:
                     with distributed.main_first():
                         tracker, uri = self._connect(results_dir, owner)
                     # Every status is written before the owner's lock is let go (bench.owners).
                     try:
-                        final = self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool)
+                        final = self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool,
+                                                       provenance, preloading)
                     except BaseException:
                         with contextlib.suppress(Exception):  # the error in flight says more
                             tracker.flush()
@@ -161,27 +162,35 @@ class Experiment:
         return tracker, uri
 
     def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str,
-                          jobs: list[tuple[str, int]], pool) -> pathlib.Path:
+                          jobs: list[tuple[str, int]], pool, provenance: Mapping[str, str],
+                          preloading: threading.Thread | None) -> pathlib.Path:
         started, self._steps = time.time(), {}
         # --- parent run; everything is written to a staging folder renamed into place at the end
-        tags = {**provenance_tags(), "dataset": self.dataset.info.name, "seeds": str(self.seeds),
+        tags = {**provenance, "dataset": self.dataset.info.name, "seeds": str(self.seeds),
                 "base_seed": str(self.base_seed), "world_size": str(distributed.world_size()),
                 "torch_threads": str(self.torch_threads)}
         with tracker.run(f"{self.name}", tags=tags) as parent:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
             final = results_dir / self.name / stamp
             staging = final.with_name(f".{stamp}.partial")
-            parent.set_tags({owners.STAGING_TAG: str(staging)})  # removed by the next invocation if killed
             try:
-                parent.log_params(config_bindings(config_text))
+                # The staging tag comes first: the next invocation removes the folder if this one is killed.
+                parent.log_batch(params=config_bindings(config_text), tags={owners.STAGING_TAG: str(staging)})
                 atomic_write_text(staging / "config.gin", config_text)
                 records = self._run_rows(tracker, parent, results_dir, jobs, pool)
                 with timing.span("tables and plots"):
-                    # Sent first: the MLflow helper writes them while this process prepares the report.
-                    self._log_operative_config(staging, config_text, parent)
-                    if self.table is not None:
-                        self._write_report(staging, tracker.store, parent.run_id, results_dir, time.time() - started,
-                                       sum(self._steps.values()))
+                    if self.table is None:
+                        self._log_operative_config(staging, config_text, parent)
+                    else:
+                        from bench import report  # matplotlib (if a figure is drawn) and pandas
+
+                        inputs = report.read_report_inputs(tracker.store, self.table, parent.run_id)
+                        # Sent after the reads: the MLflow helper writes them while this process builds the table.
+                        self._log_operative_config(staging, config_text, parent)
+                        if preloading is not None:
+                            preloading.join()
+                        self._write_report(staging, inputs, results_dir, time.time() - started,
+                                           sum(self._steps.values()))
                     self._write_results(staging, records, parent)
                 os.replace(staging, final)
             finally:
@@ -258,8 +267,8 @@ class Experiment:
         return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
                           clock.seconds, steps=used)
 
-    def _write_report(self, folder: pathlib.Path, store, parent_run_id: str, results_dir: pathlib.Path,
-                      wall_time_s: float, compute_s: float) -> None:
+    def _write_report(self, folder: pathlib.Path, inputs, results_dir: pathlib.Path, wall_time_s: float,
+                      compute_s: float) -> None:
         from bench import report  # matplotlib and pandas: paid only by runs that build a table
 
         info = self.dataset.info
@@ -267,8 +276,8 @@ class Experiment:
         convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s, compute_s)
         counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, results_dir / "cache"),
                                            info.seg_classes)
-        report.write_report(folder, self.table, store, parent_run_id, counts, convention,
-                            figure_cache=results_dir / "cache" / "figures")
+        report.render_report(folder, self.table, inputs, counts, convention,
+                             figure_cache=results_dir / "cache" / "figures")
         print("\n" + (folder / f"{self.table.name}.md").read_text())
 
     def _log_operative_config(self, folder: pathlib.Path, config_text: str, parent) -> None:

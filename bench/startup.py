@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -23,3 +24,19 @@ def importing_without_collection() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def import_in_background(load: Callable[[], None]) -> threading.Thread:
+    """Run ``load`` (a function that imports modules) in a daemon thread, started now; ``join()`` it before
+    using what it imports. The import runs while this thread waits (on a pipe, a lock, a subprocess:
+    the GIL is free then); an error it raises is raised again by the import that needs the module."""
+    thread = threading.Thread(target=_quietly, args=(load,), name="import-in-background", daemon=True)
+    thread.start()
+    return thread
+
+
+def _quietly(load: Callable[[], None]) -> None:
+    try:
+        load()
+    except Exception:  # noqa: BLE001  the import in the thread that uses the module says what is wrong
+        pass
