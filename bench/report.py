@@ -57,9 +57,8 @@ def _minutes(seconds: float) -> str:
 
 @dataclasses.dataclass
 class ReportInputs:
-    """What a report reads from the tracking store: the child runs, their records, and the curves it plots."""
+    """What a report reads from the tracking store: the records of the finished child runs and the curves it plots."""
 
-    runs: list[dict]
     records: list[dict]
     loss_curves: dict[str, dict[str, list[tuple[int, float]]]]  # "pretrain" / "finetune" -> curves
     ap25_curves: dict[str, list[tuple[int, float]]]  # the learning curves, per seed
@@ -76,7 +75,7 @@ def read_report_inputs(tracking, spec: TableSpec, parent_run_id: str) -> ReportI
     # Learning curves (methods.learning_curve) of the baseline and the last (full-method) row.
     shown = [run_of[r["run_id"]] for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
     ap25_curves = metric_curves(store, shown, prefix="finetune/", suffix="/val_AP25")
-    return ReportInputs(runs, records, loss_curves, ap25_curves)
+    return ReportInputs(records, loss_curves, ap25_curves)
 
 
 def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id: str,
