@@ -182,7 +182,7 @@ class Experiment:
                     if self.table is None:
                         self._log_operative_config(staging, config_text, parent)
                     else:
-                        from bench import report  # matplotlib (if a figure is drawn) and pandas
+                        from bench import report
 
                         inputs = report.read_report_inputs(tracker.store, self.table, parent.run_id)
                         # Sent after the reads: the MLflow helper writes them while this process builds the table.
