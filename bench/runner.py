@@ -182,15 +182,8 @@ class Experiment:
                     if self.table is None:
                         self._log_operative_config(staging, config_text, parent)
                     else:
-                        from bench import report
-
-                        inputs = report.read_report_inputs(tracker.store, self.table, parent.run_id)
-                        # Sent after the reads: the MLflow helper writes them while this process builds the table.
-                        self._log_operative_config(staging, config_text, parent)
-                        if preloading is not None:
-                            preloading.join()
-                        self._write_report(staging, inputs, results_dir, time.time() - started,
-                                           sum(self._steps.values()))
+                        self._write_report(staging, tracker.store, parent, config_text, preloading, results_dir,
+                                           time.time() - started, sum(self._steps.values()))
                     self._write_results(staging, records, parent)
                 os.replace(staging, final)
             finally:
@@ -267,10 +260,15 @@ class Experiment:
         return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
                           clock.seconds, steps=used)
 
-    def _write_report(self, folder: pathlib.Path, inputs, results_dir: pathlib.Path, wall_time_s: float,
-                      compute_s: float) -> None:
+    def _write_report(self, folder: pathlib.Path, store, parent, config_text: str, preloading: threading.Thread,
+                      results_dir: pathlib.Path, wall_time_s: float, compute_s: float) -> None:
+        """The table and its plots, read back from the store; the operative config is logged in between."""
         from bench import report  # matplotlib and pandas: paid only by runs that build a table
 
+        inputs = report.read_report_inputs(store, self.table, parent.run_id)
+        # Sent after the reads: the MLflow helper writes them while this process builds the table.
+        self._log_operative_config(folder, config_text, parent)
+        preloading.join()
         info = self.dataset.info
         seeds = list(range(self.base_seed, self.base_seed + self.seeds))
         convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s, compute_s)
