@@ -1,7 +1,7 @@
 """Command line: parse flags, parse gin strictly, build the experiment, run it; user errors in one line.
 
 Under torchrun (``torchrun --nproc_per_node=N run_bench.py ...``) every process runs this; each joins
-the process group before the experiment is built (``bench.distributed``), and an error on any rank is
+the process group before the experiment is built (``infra.distributed``), and an error on any rank is
 its one-line message and a non-zero exit, which makes torchrun stop the other ranks.
 """
 from __future__ import annotations
@@ -11,8 +11,9 @@ import os
 import signal
 import sys
 
-from bench import mlflow_store, startup, timing
-from bench.errors import HarnessError
+from bench import mlflow_store
+from infra import startup, timing
+from infra.errors import HarnessError
 
 DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
 
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a gin binding such as 'Experiment.seeds = 3' (repeatable; applied after the files)")
     parser.add_argument("--allow_gin_imports", action="store_true",
                         help="let gin files and bindings import modules outside the project's packages (bench, "
-                             "methods, datasets) and use dynamic registration; both run arbitrary code, so give "
+                             "methods, datasets, infra) and use dynamic registration; both run arbitrary code, so give "
                              "it only for configs you trust (default: refused, with the file and line)")
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
                         help=f"folder for everything a run writes, the embedded MLflow store included "
@@ -64,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
     try:
         with timing.span("imports and config"), startup.importing_without_collection():
+            import bench.registry  # noqa: F401  every component a config can name
             from bench.config import describe_gin_error, parse_config
+            from bench.runner import Experiment  # registers the Experiment
+            from infra import distributed
 
             parse_config(args.gin, args.gin_binding, allow_imports=args.allow_gin_imports)
-            from bench import distributed
-            from bench.runner import Experiment
 
             distributed.init_from_env()
             try:

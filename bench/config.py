@@ -23,12 +23,14 @@ import gin
 import gin.config
 import gin.config_parser
 
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = REPO_ROOT / "gin"
-PROJECT_PACKAGES = ("bench", "methods", "datasets")
+PROJECT_PACKAGES = ("bench", "methods", "datasets", "infra")
 _DYNAMIC_REGISTRATION = "__gin__.dynamic_registration"
+# Components renamed since a release, so a config written for the old name is told the new one.
+RENAMED = {"DetectionFinetune": "DetrDetection"}
 
 
 class GinImportRefused(HarnessError):
@@ -129,13 +131,11 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
                  allow_imports: bool = False) -> list[pathlib.Path]:
     """Parse gin files then bindings, in order, strictly (unknown names are errors); finalize the config.
 
-    Every registered component is imported first, so a name is unknown only if it really does not exist.
-    Raises HarnessError with a one-line message naming the file or binding, and the nearest valid name.
+    The caller imports the components first (``bench.registry``; ``bench.runner`` imports it), so a name is
+    unknown only if it really does not exist. Raises HarnessError with a one-line message naming the file or binding, and the nearest valid name.
     Unless ``allow_imports``, gin ``import`` statements outside ``PROJECT_PACKAGES`` and dynamic registration
     are refused before they run (``check_gin_import``).
     """
-    import bench.registry  # noqa: F401  registers every component with gin
-
     paths = [resolve_gin_file(name) for name in gin_files]
     with _includes_relative_to_gin_dir(), _imports_checked(allow_imports), _include_cycles_refused():
         for name, path in zip(gin_files, paths):
@@ -156,9 +156,8 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
 
 
 def parse_config_text(text: str) -> None:
-    """Parse a whole config as ``gin.config_str()`` wrote it (e.g. in a worker process) and finalize it."""
-    import bench.registry  # noqa: F401  registers every component with gin
-
+    """Parse a whole config as ``gin.config_str()`` wrote it (e.g. in a worker process) and finalize it;
+    its components must be registered already, as for ``parse_config``."""
     try:
         with _includes_relative_to_gin_dir():
             gin.parse_config(text)
@@ -186,7 +185,11 @@ def describe_gin_error(error: BaseException, source: str) -> str:
     if match := _MISSING_FILE.search(text):
         return f"{where}: gin include not found: {match.group(1)} (includes resolve relative to {GIN_DIR})"
     if match := _NO_CONFIGURABLE.search(first):
-        return f"{where}: {first}{_did_you_mean(match.group(1), registered_names())}"
+        name = match.group(1)
+        if name.split("/")[-1].split(".")[-1] in RENAMED:
+            old = name.split("/")[-1].split(".")[-1]
+            return f"{where}: {first} ({old} is called {RENAMED[old]} now)"
+        return f"{where}: {first}{_did_you_mean(name, registered_names())}"
     if match := _NO_PARAMETER.search(first):
         configurable, parameter = match.groups()
         return f"{where}: {first}{_did_you_mean(parameter, parameter_names(configurable))}"

@@ -14,6 +14,7 @@ this process never imports MLflow when the helper serves it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -21,8 +22,8 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from bench.errors import HarnessError
-from bench.startup import importing_without_collection
+from infra.errors import HarnessError
+from infra.startup import importing_without_collection
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing MLflow
 
@@ -41,6 +42,12 @@ def fail_fast_http() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's and alembic's INFO lines say nothing a user of the harness needs."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class MlflowStore:
@@ -158,8 +165,6 @@ def _serve(connection, parent_end=None) -> None:
     with importing_without_collection():
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
         from mlflow.tracking import MlflowClient  # noqa: F401
-
-    from bench.tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
     store, pending_error = None, None

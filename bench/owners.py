@@ -18,6 +18,8 @@ import shutil
 import socket
 import time
 
+from bench.results_layout import ResultsLayout
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; stale runs are then left as they are
@@ -33,11 +35,11 @@ STALE_TAG = "sam3d.stale"
 class Owner:
     """This invocation as the owner of its runs: holds its lock file from ``acquire`` to ``release``."""
 
-    def __init__(self, results_dir: pathlib.Path):
-        self.results_dir = pathlib.Path(results_dir).resolve()
+    def __init__(self, layout: ResultsLayout):
+        self.results_dir = layout.root.resolve()
         self.host, self.pid = socket.gethostname(), os.getpid()
         name = f"{self.host}-{self.pid}-{int(time.time() * 1000)}.lock"
-        self.lock = self.results_dir / "locks" / "owners" / name
+        self.lock = layout.owner_locks.resolve() / name
         self._fd: int | None = None
 
     def acquire(self) -> Owner:
@@ -97,10 +99,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep(store, results_dir: pathlib.Path, me: Owner) -> list[str]:
-    """Mark KILLED the RUNNING runs of ``results_dir`` whose owner is gone, remove their staging folders
-    and the owners' lock files; returns one line per owner swept."""
-    results_dir = pathlib.Path(results_dir).resolve()
+def sweep(store, me: Owner) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``me``'s results folder whose owner is gone, remove their staging
+    folders and the owners' lock files; returns one line per owner swept."""
+    results_dir = me.results_dir
     stale: dict[str, list[dict]] = {}
     for run in store.running_runs():
         tags = run["tags"]

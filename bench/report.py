@@ -5,6 +5,7 @@ folder, and logged as artifacts by the runner.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -15,11 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.fingerprint import fingerprint
-from bench.io import CorruptCacheFile, atomic_write_bytes, read_cache_file, write_cache_file
 from bench.mlflow_store import as_store
 from bench.summary import finite_mean
-from bench.tables import TableSpec, build_table, load_paper_table, records_from_runs, simulation_label, write_table
+from bench.table_formats import simulation_label, write_table
+from bench.tables import TableSpec, build_table, load_paper_table, records_from_runs
+from infra.cached_step import CachedStep
+from infra.fingerprint import fingerprint
+from infra.io import atomic_write_bytes
 
 
 def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wall_time_s: float,
@@ -43,12 +46,26 @@ def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wal
         "teacher": notes.get("teacher", "none (no row pretrains)"),
         "masks": notes.get("masks", "none (no row pretrains)"),
         **({"fine-tuning": notes["fine-tuning"]} if "fine-tuning" in notes else {}),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}",
+        "machine": machine_description(device),
         "wall_time": f"{_minutes(wall_time_s)} (this invocation)",
         **({"compute": f"{_minutes(compute_s)} (every step the table used, summed over the steps, "
                        f"whichever invocation made them)"} if compute_s is not None else {}),
         "simulation": simulated,
     }
+
+
+def machine_description(device: str) -> str:
+    """The machine a table was made on, as its conventions state it: architecture, CPU model and cores, the
+    vector extension torch's CPU kernels use (float sums, hence cells, depend on it), the GPU, torch's version.
+    A table reproduces cell for cell on the same CPU type with the locked versions (README)."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{platform.machine()} {model}, {os.cpu_count()} CPU cores, torch CPU kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, {device}, torch {torch.__version__}")
 
 
 def _minutes(seconds: float) -> str:
@@ -76,15 +93,6 @@ def read_report_inputs(tracking, spec: TableSpec, parent_run_id: str) -> ReportI
     shown = [run_of[r["run_id"]] for r in records if r["row"] in (spec.baseline_row, list(spec.rows)[-1])]
     ap25_curves = metric_curves(store, shown, prefix="finetune/", suffix="/val_AP25")
     return ReportInputs(records, loss_curves, ap25_curves)
-
-
-def write_report(folder: pathlib.Path, spec: TableSpec, tracking, parent_run_id: str,
-                 class_counts: dict[str, int], convention: dict,
-                 figure_cache: pathlib.Path | None = None) -> list[pathlib.Path]:
-    """Table (CSV, Markdown, LaTeX) and plots for one invocation, read from the tracking store (a tracking
-    URI or a store); returns the written paths. ``read_report_inputs`` then ``render_report``."""
-    return render_report(folder, spec, read_report_inputs(tracking, spec, parent_run_id), class_counts,
-                         convention, figure_cache)
 
 
 def render_report(folder: pathlib.Path, spec: TableSpec, inputs: ReportInputs, class_counts: dict[str, int],
@@ -154,16 +162,13 @@ def _figure(cache: pathlib.Path | None, path: pathlib.Path, plot: str, **argumen
     the same call (``figure_key``); a cached figure that fails its checksum is drawn again."""
     if cache is None:
         return getattr(_plots(), plot)(path=path, **arguments)
-    cached = cache / f"{path.stem}-{figure_key(path.name, plot, arguments)}.png"
-    try:
-        data, _ = read_cache_file(cached)
-        return atomic_write_bytes(path, data)
-    except FileNotFoundError:
-        pass
-    except CorruptCacheFile as e:
-        print(f"warning: cached figure {e}; drawing it again")
+    step = CachedStep(cache / f"{path.stem}-{figure_key(path.name, plot, arguments)}.png", what="cached figure",
+                      redo="drawing it again")
+    drawn = step.load()
+    if drawn is not None:
+        return atomic_write_bytes(path, drawn)
     getattr(_plots(), plot)(path=path, **arguments)
-    write_cache_file(cached, path.read_bytes())
+    step.save(path.read_bytes())
     return path
 
 

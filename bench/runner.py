@@ -6,37 +6,36 @@ results folder, so that two invocations starting at once share it; runs of a kil
 marked KILLED there, ``bench.owners``), open the parent run, run every row and seed -- here, or in
 parallel worker processes (``bench.workers``) -- each as its own child run, write the results folder
 atomically, log it, print the summary. Under torchrun every rank runs the rows (training is sharded, see
-``bench.distributed``); rank 0 alone evaluates, talks to MLflow and writes the results folder.
+``infra.distributed``); rank 0 alone evaluates, talks to MLflow and writes the results folder.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import pathlib
 import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import gin
 
-from bench import distributed, owners, progress, startup, steps, summary, tables, timing
-from bench.checks import check_integer
-from bench.config import config_bindings
-from bench.errors import HarnessError
-from bench.fingerprint import fingerprint
-from bench.io import (CorruptCacheFile, atomic_write_json, atomic_write_text, check_writable_dir, json_bytes,
-                      read_cache_file, write_cache_file)
-from bench.locks import step_lock
+import bench.registry  # noqa: F401  every component a config can name (the Experiment builds them)
+from bench import owners, summary, tables
+from bench.config import config_bindings, parse_config_text
 from bench.provenance import provenance_tags
-from bench.seeding import seed_everything
-from bench.tracking import NullRun, NullTracker, RecordingRun, RunHandle, Tracker, metric_safe, resolve_tracking_uri
+from bench.results_layout import ResultsLayout
+from bench.row_context import RowContext
+from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe
 from bench.validation import validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
+from infra import distributed, progress, startup, steps, timing
+from infra.checks import check_integer
+from infra.errors import HarnessError
+from infra.io import atomic_write_json, atomic_write_text
+from infra.locks import step_lock
+from infra.seeding import seed_everything
 
 
 @gin.configurable
@@ -102,12 +101,12 @@ class Experiment:
         # --- where results go, checked before any work (on rank 0 first: a failure there stops every
         #     torchrun rank with the same one-line message)
         with distributed.main_first():
-            results_dir = check_writable_dir(results_dir)
+            layout = ResultsLayout.at(results_dir)
         # --- every row is built and checked now (values, splits, input files), so that a bad one fails
         #     before any training
         validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
         config_text = gin.config_str()
-        jobs, to_compute = self._jobs(results_dir)
+        jobs, to_compute = self._jobs(layout)
         # Rows answered from the result cache cost a file read: worker processes (each importing torch and
         # building the experiment) would only slow such a re-run down.
         workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(),
@@ -115,25 +114,26 @@ class Experiment:
         threads = _set_torch_threads(self.torch_threads)
         # Workers start now, so their start-up overlaps reaching the tracking store; they get no job
         # before it is reached.
-        with WorkerPool(config_text, workers, self.torch_threads) if workers > 1 else contextlib.nullcontext() as pool:
+        pool = WorkerPool(workers, _start_worker, (config_text, self.torch_threads)) if workers > 1 else None
+        with pool or contextlib.nullcontext():
             try:
                 if not distributed.is_main():
                     with distributed.main_first():  # rank 0 reaches the tracking store first
                         pass
                     # Ranks > 0 train their share of every row; rank 0 alone evaluates, logs and writes results.
-                    self._run_rows(NullTracker(), NullRun(self.name), results_dir, jobs, pool)
+                    self._run_rows(NullTracker(), NullRun(self.name), layout, jobs, pool)
                     return None
                 # The table's imports (pandas) are paid in a thread of their own while this one waits for
                 # the MLflow helper process, which is a cached re-run's critical path: first to import
                 # MLflow, then to write the runs.
                 preloading = startup.import_in_background(tables.preload) if self.table is not None else None
                 provenance = provenance_tags()
-                with owners.Owner(results_dir) as owner:
+                with owners.Owner(layout) as owner:
                     with distributed.main_first():
-                        tracker, uri = self._connect(results_dir, owner)
+                        tracker, uri = self._connect(layout, owner)
                     # Every status is written before the owner's lock is let go (bench.owners).
                     try:
-                        final = self._run_with_results(tracker, uri, results_dir, config_text, jobs, pool,
+                        final = self._run_with_results(tracker, uri, layout, config_text, jobs, pool,
                                                        provenance, preloading)
                     except BaseException:
                         with contextlib.suppress(Exception):  # the error in flight says more
@@ -144,24 +144,23 @@ class Experiment:
             finally:
                 _set_torch_threads(threads)
 
-    def _connect(self, results_dir: pathlib.Path, owner: owners.Owner) -> tuple[Tracker, str]:
+    def _connect(self, layout: ResultsLayout, owner: owners.Owner) -> tuple[Tracker, str]:
         """Reach the tracking store (also checked before any work) and end the runs of killed invocations.
 
         The embedded store under a lock on the results folder: two invocations starting at once on a
         fresh folder would otherwise both create its database (and the experiment) and one would fail.
         The second waits for the first to have done so, then both proceed, sharing the cached steps.
         """
-        uri = resolve_tracking_uri(self.tracking_uri, results_dir)
-        embedded = self.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
-        tracker = Tracker(uri, self.name, artifact_root=results_dir / "mlartifacts" if embedded else None,
-                          run_tags=owner.tags)
-        with step_lock(results_dir / "locks" / "mlflow.lock") if embedded else contextlib.nullcontext():
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or layout.tracking_uri
+        embedded = uri == layout.tracking_uri
+        tracker = Tracker(uri, self.name, artifact_root=layout.artifacts if embedded else None, run_tags=owner.tags)
+        with step_lock(layout.mlflow_lock) if embedded else contextlib.nullcontext():
             tracker.connect()
-            for line in owners.sweep(tracker.store, results_dir, owner):
+            for line in owners.sweep(tracker.store, owner):
                 print(line, flush=True)
         return tracker, uri
 
-    def _run_with_results(self, tracker: Tracker, uri: str, results_dir: pathlib.Path, config_text: str,
+    def _run_with_results(self, tracker: Tracker, uri: str, layout: ResultsLayout, config_text: str,
                           jobs: list[tuple[str, int]], pool, provenance: Mapping[str, str],
                           preloading: threading.Thread | None) -> pathlib.Path:
         started, self._steps = time.time(), {}
@@ -171,18 +170,18 @@ class Experiment:
                 "torch_threads": str(self.torch_threads)}
         with tracker.run(f"{self.name}", tags=tags) as parent:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
-            final = results_dir / self.name / stamp
+            final = layout.table_folder(self.name) / stamp
             staging = final.with_name(f".{stamp}.partial")
             try:
                 # The staging tag comes first: the next invocation removes the folder if this one is killed.
                 parent.log_batch(params=config_bindings(config_text), tags={owners.STAGING_TAG: str(staging)})
                 atomic_write_text(staging / "config.gin", config_text)
-                records = self._run_rows(tracker, parent, results_dir, jobs, pool)
+                records = self._run_rows(tracker, parent, layout, jobs, pool)
                 with timing.span("tables and plots"):
                     if self.table is None:
                         self._log_operative_config(staging, config_text, parent)
                     else:
-                        self._write_report(staging, tracker.store, parent, config_text, preloading, results_dir,
+                        self._write_report(staging, tracker.store, parent, config_text, preloading, layout,
                                            time.time() - started, sum(self._steps.values()))
                     self._write_results(staging, records, parent)
                 os.replace(staging, final)
@@ -191,25 +190,26 @@ class Experiment:
         print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
         return final
 
-    def _jobs(self, results_dir: pathlib.Path) -> tuple[list[tuple[str, int]], int]:
+    def _jobs(self, layout: ResultsLayout) -> tuple[list[tuple[str, int]], int]:
         """Every (row, seed), longest first (``bench.workers.longest_first``) where rows name their steps,
         and how many of them are not answered from the result cache (rows with ``result_parts``)."""
         jobs = [(row, seed) for row in self.rows for seed in range(self.base_seed, self.base_seed + self.seeds)]
         steps, cached = {}, 0
         for row, seed in jobs:
             made = self.rows[row]()
-            context = self._context(row, seed, results_dir, NullRun())
+            context = self._context(row, seed, layout, NullRun())
             if hasattr(made, "step_keys"):
                 steps[(row, seed)] = made.step_keys(context)
             if hasattr(made, "result_parts") and context.has_cached_result(made.result_parts(context)):
                 cached += 1
         return longest_first(jobs, steps), len(jobs) - cached
 
-    def _context(self, row: str, seed: int, results_dir: pathlib.Path, run, notes=None) -> RowContext:
+    def _context(self, row: str, seed: int, layout: ResultsLayout, run, notes=None) -> RowContext:
         return RowContext(row, seed, self.dataset, self.train_split, self.eval_split, self.tasks,
-                          results_dir / "cache", run, {} if notes is None else notes)
+                          cache_root=layout.cache, row_results=layout.row_results, tracking_run=run,
+                          notes={} if notes is None else notes)
 
-    def _run_rows(self, tracker: Tracker | NullTracker, parent, results_dir: pathlib.Path,
+    def _run_rows(self, tracker: Tracker | NullTracker, parent, layout: ResultsLayout,
                   jobs: list[tuple[str, int]], pool: WorkerPool | None) -> list[dict]:
         """Every (row, seed) as a child run of ``parent``; records in table order whatever ran first."""
         table = progress.TableProgress(self.name, len(jobs), pool.workers if pool else 1)
@@ -217,7 +217,7 @@ class Experiment:
         if pool is None:
             for row, seed in jobs:
                 with tracker.run(f"{row} seed={seed}", tags={"row": row, "seed": str(seed)}, parent=parent) as child:
-                    outcome = self.run_job(row, seed, results_dir)
+                    outcome = self.run_job(row, seed, layout)
                     outcome.recording.replay_into(child)
                 outcome.recording.run_id = child.run_id
                 outcomes[(row, seed)] = outcome
@@ -226,7 +226,8 @@ class Experiment:
         else:
             print(f"{self.name}: {len(jobs)} rows x seeds in {pool.workers} worker processes "
                   f"({self.torch_threads} torch thread{'s' if self.torch_threads > 1 else ''} each)", flush=True)
-            for outcome in _timed(pool.run(jobs, results_dir), "waiting for worker processes"):
+            handed_out = pool.run([(row, seed, layout) for row, seed in jobs])
+            for outcome in _timed(handed_out, "waiting for worker processes"):
                 timing.merge(outcome.timings)
                 self._steps.update(outcome.steps)
                 tags = {"row": outcome.row, "seed": str(outcome.seed)}
@@ -246,14 +247,14 @@ class Experiment:
         return [{"row": row, "seed": seed, "run_id": outcomes[(row, seed)].recording.run_id,
                  "metrics": outcomes[(row, seed)].metrics} for row, seed in in_table_order]
 
-    def run_job(self, row: str, seed: int, results_dir: pathlib.Path) -> JobOutcome:
+    def run_job(self, row: str, seed: int, layout: ResultsLayout) -> JobOutcome:
         """Run one row with one seed in this process; its MLflow logging is recorded, not yet written."""
         recording = RecordingRun(f"{row} seed={seed}")
         recording.log_params({"row": row, "seed": seed})
         started, clock = time.time(), timing.Stopwatch()
         seed_everything(seed)  # for rows that draw from the global generators; steps seed themselves
         notes: dict[str, str] = {}
-        context = self._context(row, seed, results_dir, recording, notes)
+        context = self._context(row, seed, layout, recording, notes)
         with progress.job(f"{row} seed={seed}"), steps.collecting() as used:
             metrics = self.rows[row]().run(context)
         recording.log_metrics(metrics)
@@ -261,7 +262,7 @@ class Experiment:
                           clock.seconds, steps=used)
 
     def _write_report(self, folder: pathlib.Path, store, parent, config_text: str, preloading: threading.Thread,
-                      results_dir: pathlib.Path, wall_time_s: float, compute_s: float) -> None:
+                      layout: ResultsLayout, wall_time_s: float, compute_s: float) -> None:
         """The table and its plots, read back from the store; the operative config is logged in between."""
         from bench import report  # matplotlib and pandas: paid only by runs that build a table
 
@@ -272,10 +273,10 @@ class Experiment:
         info = self.dataset.info
         seeds = list(range(self.base_seed, self.base_seed + self.seeds))
         convention = report.conventions(self.profile, seeds, info, self._notes, wall_time_s, compute_s)
-        counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, results_dir / "cache"),
+        counts = report.class_point_counts(CachedScenes(self.dataset, self.train_split, layout.cache),
                                            info.seg_classes)
         report.render_report(folder, self.table, inputs, counts, convention,
-                             figure_cache=results_dir / "cache" / "figures")
+                             figure_cache=layout.figure_cache)
         print("\n" + (folder / f"{self.table.name}.md").read_text())
 
     def _log_operative_config(self, folder: pathlib.Path, config_text: str, parent) -> None:
@@ -294,166 +295,6 @@ class Experiment:
         main = summary.main_metrics(records)
         parent.log_metrics({f"{metric_safe(row)}/{key}": summary.finite_mean(values) for (row, key), values in main.items()})
         parent.log_artifacts(folder)
-
-
-@dataclasses.dataclass
-class RowContext:
-    """What a row needs to run: the data, its seed, where caches go, and its MLflow child run.
-
-    A row is any object built as ``factory()`` with ``run(context) -> metrics``; it draws its
-    randomness from ``seed`` (the runner has also seeded every global generator with it).
-    """
-
-    row: str
-    seed: int
-    dataset: Any
-    train_split: str
-    eval_split: str
-    task_factories: Sequence[Callable]
-    cache_root: pathlib.Path
-    tracking_run: RunHandle | RecordingRun | NullRun
-    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. teacher / masks, for tables
-    _logged: list = dataclasses.field(default_factory=list, repr=False)
-    _evaluation_seconds: float = dataclasses.field(default=0.0, repr=False)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log intermediate values (e.g. loss curves) to the row's child run."""
-        self._logged.append((step, dict(metrics)))
-        self.tracking_run.log_metrics(metrics, step)
-
-    def result_key(self, parts: Any) -> str:
-        """The content key of a row result: ``parts`` (the row's step keys), the seed, the evaluation
-        scenes, the tasks and the source of the metric code."""
-        tasks = [make_task() for make_task in self.task_factories]
-        eval_folder = self.scene_folder(self.eval_split).name
-        return fingerprint(parts, self.seed, eval_folder, tasks, metric_code_fingerprint())
-
-    def cached_result(self, parts: Any, compute: Callable[[], Mapping[str, float]]) -> dict[str, float]:
-        """The row's metrics -- with the curves it logged, the notes it added and the steps it used --
-        read from ``<cache>/results/<key>.json`` when every step that produced them is unchanged, else
-        ``compute()`` (whose outcome is then stored). The key (``result_key``) covers the metric code, so a
-        changed metric convention is never answered from the cache. A re-run of a finished row thus loads
-        no model at all; a stored result that fails its checksum is computed again, with a warning.
-        """
-        path = self._result_path(parts)
-        key = path.stem
-        saved = read_cached_result(path)
-        if saved is not None:
-            for step, metrics in saved["series"]:
-                self.log_metrics(metrics, step)
-            for name, value in saved["notes"].items():
-                self.notes.setdefault(name, value)
-            steps.used_all(saved["steps"])
-            progress.step("evaluation", "read from the cache (every step of the row is unchanged)")
-            return saved["metrics"]
-        notes_before, logged_before = dict(self.notes), len(self._logged)
-        with steps.collecting() as used:
-            metrics = dict(compute())
-            steps.used(f"results/{key}", self._evaluation_seconds)
-        if distributed.is_main():
-            record = {"metrics": metrics, "series": self._logged[logged_before:], "steps": used,
-                      "notes": {k: v for k, v in self.notes.items() if k not in notes_before}}
-            write_cache_file(path, json_bytes(record), self._evaluation_seconds)
-        return metrics
-
-    def has_cached_result(self, parts: Any) -> bool:
-        """Whether a stored result answers ``cached_result(parts, ...)`` (its checksum is checked only when
-        it is read)."""
-        return self._result_path(parts).is_file()
-
-    def _result_path(self, parts: Any) -> pathlib.Path:
-        return self.cache_root / "results" / f"{self.result_key(parts)}.json"
-
-    def scene_folder(self, split: str) -> pathlib.Path:
-        """Where the scenes of ``split`` are cached (its name is their content key); nothing is generated."""
-        return CachedScenes.folder_for(self.dataset, split, self.cache_root)
-
-    def scenes(self, split: str) -> CachedScenes:
-        """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk.
-
-        Under torchrun every rank calls this at the same point: rank 0 fills the cache, then the others
-        read it (``main_first``), so no two processes generate the same scenes.
-        """
-        with distributed.main_first():
-            return CachedScenes(self.dataset, split, self.cache_root)
-
-    def fit_and_evaluate(self, method) -> dict[str, float]:
-        """Fit ``method`` on the train split, then score it with every task on the evaluation split.
-
-        ``method`` has ``fit(train_scenes, info)``, ``predict_segmentation(scene)`` and/or
-        ``predict_detection(scene)`` as the tasks require.
-        """
-        method.fit(self.scenes(self.train_split), self.dataset.info)
-        return self.evaluate(method)
-
-    def score(self, method, task_key: str, num_scenes: int) -> dict[str, float]:
-        """The headline metrics (``AP25``, ``mIoU``, ...; no per-class values) of ``method`` for the task
-        ``task_key`` on the first ``num_scenes`` scenes of the evaluation split, quietly: a learning curve's
-        point (``methods.learning_curve``), not a result. Rank 0 only, like ``evaluate``."""
-        tasks = [task for task in (make_task() for make_task in self.task_factories) if task.key == task_key]
-        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
-        for index in range(min(num_scenes, len(scenes))):
-            scene = scenes[index]
-            for task in tasks:
-                task.add(method, scene)
-        return {key.rsplit("/", 1)[-1]: value for task in tasks
-                for key, value in task.result(self.dataset.info).items() if "/class/" not in key}
-
-    def evaluate(self, method, suffix: str = "", tasks: set[str] | None = None) -> dict[str, float]:
-        """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
-        the others return no metrics and wait for it at their next collective).
-
-        ``tasks`` keeps only the tasks of those keys (``seg``, ``det``); ``suffix`` names a protocol in the
-        metric keys (``<dataset>/seg-<suffix>/mIoU``).
-        """
-        if not distributed.is_main():
-            return {}
-        info = self.dataset.info
-        tasks = [task for task in (make_task() for make_task in self.task_factories) if tasks is None or task.key in tasks]
-        for task in tasks:
-            if suffix:
-                task.key = f"{task.key}-{suffix}"
-        # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
-        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
-        clock = timing.Stopwatch()
-        with timing.span("evaluation"):
-            for scene in progress.bar(scenes, desc=f"{self.row}: {self.eval_split}"):
-                for task in tasks:
-                    task.add(method, scene)
-            metrics: dict[str, float] = {}
-            for task in tasks:
-                metrics.update(task.result(info))
-        self._evaluation_seconds += clock.seconds
-        progress.step("evaluation", f"{len(scenes)} {info.name}/{self.eval_split} scenes in {progress.duration(clock.seconds)}")
-        return metrics
-
-
-def metric_code_fingerprint() -> str:
-    """Content fingerprint of the code that turns predictions into metrics (``bench/metrics``, the tasks)."""
-    here = pathlib.Path(__file__).resolve().parent
-    files = sorted((here / "metrics").glob("*.py")) + [here / "tasks.py"]
-    return fingerprint([f.read_bytes() for f in files])
-
-
-def read_cached_result(path: pathlib.Path) -> dict | None:
-    """A stored row result, or None when absent, changed since written or unreadable (then the row is
-    computed again; a changed or unreadable one with a warning)."""
-    try:
-        data, _ = read_cache_file(path)
-        saved = json.loads(data)
-        nan = float("nan")
-        return {"metrics": {k: nan if v is None else float(v) for k, v in saved["metrics"].items()},
-                "series": [(int(step), {k: nan if v is None else float(v) for k, v in values.items()})
-                           for step, values in saved["series"]],
-                "notes": {str(k): str(v) for k, v in saved["notes"].items()},
-                "steps": {str(k): float(v) for k, v in saved.get("steps", {}).items()}}
-    except FileNotFoundError:
-        return None
-    except CorruptCacheFile as e:
-        print(f"warning: cached row result {e}; computing the row again")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        print(f"warning: cached row result {path} is unreadable ({type(e).__name__}); computing the row again")
-    return None
 
 
 def _timed(items, kind: str):
@@ -490,3 +331,15 @@ def _uses_accelerator() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# --- what a worker process runs (``bench.workers``): the experiment of the parent's config, job by job
+
+def _start_worker(config_text: str, threads: int) -> Callable[[str, int, ResultsLayout], JobOutcome]:
+    """Parse the parent's whole config, build the same ``Experiment``, set the thread count; its
+    ``run_job`` then runs the jobs the pool hands out."""
+    import torch
+
+    torch.set_num_threads(threads)
+    parse_config_text(config_text)
+    return Experiment().run_job

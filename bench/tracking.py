@@ -1,22 +1,21 @@
 """MLflow tracking: one experiment per table/benchmark, a parent run per invocation, nested child runs.
 
 The tracking URI is, in order: the one given in gin (``Experiment.tracking_uri``), ``MLFLOW_TRACKING_URI``,
-or an embedded SQLite store ``<results_dir>/mlflow.db`` with artifacts under ``<results_dir>/mlartifacts``
-(MLflow 3 no longer accepts a plain ``./mlruns`` folder as a tracking store).
+or the embedded SQLite store of the results folder (``bench.results_layout``). Every call goes through an
+explicit store (``bench.mlflow_store``), in this process or in its helper process.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pathlib
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-from bench import timing
-from bench.errors import HarnessError
-from bench.mlflow_store import PARENT_RUN_TAG, fail_fast_http, store_for
+from bench.mlflow_store import PARENT_RUN_TAG, fail_fast_http, quiet_mlflow_logs, store_for
+from infra import timing
+from infra.errors import HarnessError
 
 # Run statuses as MLflow names them; a run cut off by Ctrl-C or SIGTERM ends KILLED, an error FAILED.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -28,22 +27,6 @@ _ENTITY_BATCH = 1000  # MLflow accepts at most 1000 metrics, params and tags in 
 def metric_safe(name: str) -> str:
     """``name`` with the characters MLflow refuses in metric keys (e.g. parentheses, '+') replaced by '_'."""
     return re.sub(r"[^\w\-. :/]", "_", name)
-
-
-def default_tracking_uri(results_dir: pathlib.Path) -> str:
-    """The embedded SQLite store inside ``results_dir``."""
-    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
-
-
-def resolve_tracking_uri(configured: str | None, results_dir: pathlib.Path) -> str:
-    """gin value, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results_dir)
-
-
-def quiet_mlflow_logs() -> None:
-    """MLflow's and alembic's INFO lines say nothing a user of the harness needs."""
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Tracker:
@@ -136,9 +119,6 @@ class RunHandle:
     def log_params(self, params: Mapping[str, object]) -> None:
         self.log_batch(params=params)
 
-    def set_tags(self, tags: Mapping[str, object]) -> None:
-        self.log_batch(tags=tags)
-
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.log_series([(step, int(time.time() * 1000), metrics)])
 
@@ -183,14 +163,10 @@ class RecordingRun:
     def __init__(self, name: str = ""):
         self.name = name
         self.params: dict[str, object] = {}
-        self.tags: dict[str, object] = {}
         self.series: list[tuple[int, int, dict[str, float]]] = []
 
     def log_params(self, params: Mapping[str, object]) -> None:
         self.params.update(params)
-
-    def set_tags(self, tags: Mapping[str, object]) -> None:
-        self.tags.update(tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.series.append((step, int(time.time() * 1000), {k: float(v) for k, v in metrics.items()}))
@@ -203,7 +179,7 @@ class RecordingRun:
 
     def replay_into(self, handle: RunHandle) -> None:
         """Write everything recorded into a real run."""
-        handle.log_batch(self.params, self.tags, self.series)
+        handle.log_batch(params=self.params, series=self.series)
 
 
 class NullTracker:
@@ -228,9 +204,6 @@ class NullRun:
         self.name = name
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, object]) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:

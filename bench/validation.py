@@ -1,7 +1,7 @@
 """Everything an experiment will use, checked before any work, each problem in one line.
 
 ``validate_rows`` builds every row: a component that cannot be built, a value its constructor refuses
-(``bench.checks``) or an input file it reads when built (a SAM checkpoint, a DINOv2 directory) is a
+(``infra.checks``) or an input file it reads when built (a SAM checkpoint, a DINOv2 directory) is a
 one-line error naming the row and the parameter or file. It then checks that every split a row reads
 has scenes (reading the dataset's split lists, so a wrong root fails here too), and warns when a token
 would repeat most of its points (``group_size`` far above the points it is drawn from).
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from bench.config import describe_gin_error
-from bench.errors import DataError, HarnessError
+from infra.errors import DataError, HarnessError
 
 
 def build_row(name: str, factory: Callable) -> object:

@@ -2,10 +2,11 @@
 
 Small models on a few CPU cores run fastest with one torch thread per process and one process per
 core: a second thread speeds a demo-sized step up by a fifth, a second process doubles the throughput.
-Each worker is a fresh (spawned) interpreter that parses the parent's whole gin config, builds the same
-``Experiment`` and runs the jobs it is handed; the steps of a job meet the other workers' only through
-the on-disk caches, where per-step file locks (``bench.locks``) make one process compute a shared step
-while the others wait for it. A step's randomness depends only on its row's seed (``bench.seeding``)
+Each worker is a fresh (spawned) interpreter that calls the start function its pool was given once (the
+runner's parses the parent's whole gin config and builds the same ``Experiment``) and then runs the jobs
+it is handed with the job function that start returned; the steps of a job meet the other workers' only through
+the on-disk caches, where per-step file locks (``infra.locks``) make one process compute a shared step
+while the others wait for it. A step's randomness depends only on its row's seed (``infra.seeding``)
 and every process uses the same number of torch threads, so a parallel run gives the same cells as a
 sequential one. Workers talk to no tracking store: each job comes back as a ``JobOutcome`` (metrics,
 recorded curves, notes, timings) that the parent writes to MLflow.
@@ -16,16 +17,16 @@ import dataclasses
 import gc
 import multiprocessing
 import os
-import pathlib
 import signal
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from bench import timing
 from bench.tracking import RecordingRun
+from infra import timing
+from infra.errors import HarnessError
 
-_experiment = None  # the worker process's Experiment, built once by _start
+_run_job = None  # the worker process's job function, made once by _start
 
 
 @dataclasses.dataclass
@@ -70,31 +71,23 @@ def resolve_workers(setting: int | str, jobs: int, threads: int, accelerator: bo
     return max(1, min(int(setting), jobs))
 
 
-def _start(config_text: str, threads: int) -> None:
-    """Worker initialiser: parse the parent's config, build the experiment, set the thread count."""
+def _start(start: Callable[..., Callable[..., JobOutcome]], start_args: tuple) -> None:
+    """Worker initialiser: ``start(*start_args)`` gives the function that runs this worker's jobs."""
     started = time.perf_counter()
     # Ctrl-C reaches the whole process group; the parent handles it and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    from bench.config import parse_config_text
-    from bench.runner import Experiment
-
-    torch.set_num_threads(threads)
-    parse_config_text(config_text)
-    global _experiment
-    _experiment = Experiment()
+    global _run_job
+    _run_job = start(*start_args)
     timing.merge({"worker start-up": (time.perf_counter() - started, 1)})
 
 
-def _run(job: tuple[str, int, str]) -> JobOutcome:
-    """Run one (row, seed) in this worker; failures come back as data, never as a pickled exception."""
-    row, seed, results_dir = job
+def _run(job: tuple) -> JobOutcome:
+    """Run one job ``(row, seed, *rest)`` in this worker; failures come back as data, never as a pickled
+    exception."""
+    row, seed = job[:2]
     try:
-        outcome = _experiment.run_job(row, seed, pathlib.Path(results_dir))
+        outcome = _run_job(*job)
     except BaseException as e:  # noqa: BLE001  reported to the parent, which decides what to raise
-        from bench.errors import HarnessError
-
         outcome = JobOutcome(row, seed, RecordingRun(f"{row} seed={seed}"), error_type=type(e).__name__,
                              error=(str(e).strip().splitlines() or [""])[0],
                              error_traceback=traceback.format_exc(), harness_error=isinstance(e, HarnessError))
@@ -120,20 +113,23 @@ def longest_first(jobs: Sequence[tuple[str, int]], steps: Mapping[tuple[str, int
 
 
 class WorkerPool:
-    """``workers`` spawned processes, started at once so that their start-up (imports, parsing the config)
-    overlaps the parent's set-up; jobs are handed to them by ``run``. Leaving the ``with`` block (an
-    error, Ctrl-C) terminates them; the steps they finished stay cached."""
+    """``workers`` spawned processes, started at once so that their start-up (imports, ``start``) overlaps
+    the parent's set-up; jobs are handed to them by ``run``. Leaving the ``with`` block (an error, Ctrl-C)
+    terminates them; the steps they finished stay cached.
 
-    def __init__(self, config_text: str, workers: int, threads: int):
+    ``start(*start_args)`` runs once in each worker and returns the function that runs a job; both must
+    pickle (module-level functions, plain arguments), since the workers are fresh interpreters.
+    """
+
+    def __init__(self, workers: int, start: Callable[..., Callable[..., JobOutcome]], start_args: tuple):
         context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
         self.workers = workers
-        self._pool = context.Pool(workers, initializer=_start, initargs=(config_text, threads))
+        self._pool = context.Pool(workers, initializer=_start, initargs=(start, start_args))
 
-    def run(self, jobs: Sequence[tuple[str, int]], results_dir: pathlib.Path) -> Iterator[JobOutcome]:
-        """Run ``jobs`` (row, seed), handed out in the given order one at a time to whichever worker is
-        free; yields their outcomes as they finish."""
-        tasks = [(row, seed, str(results_dir)) for row, seed in jobs]
-        yield from self._pool.imap_unordered(_run, tasks, chunksize=1)
+    def run(self, jobs: Sequence[tuple]) -> Iterator[JobOutcome]:
+        """Run ``jobs`` ((row, seed, ...) each), handed out in the given order one at a time to whichever
+        worker is free; yields their outcomes as they finish."""
+        yield from self._pool.imap_unordered(_run, jobs, chunksize=1)
 
     def __enter__(self) -> WorkerPool:
         return self

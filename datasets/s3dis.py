@@ -22,9 +22,9 @@ import warnings
 import gin
 import numpy as np
 
-from bench.errors import DataError
 from datasets.scene_list import SceneListDataset, non_finite_policy
 from datasets.types import DatasetInfo, Scene
+from infra.errors import DataError
 
 SEG_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa",
                "bookcase", "board", "clutter")

@@ -2,9 +2,9 @@
 
 Fine-tuning reads every training scene once per epoch; generating (synthetic) or parsing (real) a scene
 each time would dominate. The cache folder is keyed by the dataset's content fingerprint (its whole
-configuration, split sizes included); every file is written atomically with a checksum (``bench.io``),
+configuration, split sizes included); every file is written atomically with a checksum (``infra.io``),
 a scene whose file is missing, changed since it was written or malformed is regenerated, never used.
-Each file's record keeps the seconds its scene took to generate (``bench.steps``).
+Each file's record keeps the seconds its scene took to generate (``infra.steps``).
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import zlib
 
 import numpy as np
 
-from bench import progress, steps, timing
-from bench.fingerprint import fingerprint
-from bench.io import CorruptCacheFile, read_cache_file, read_cache_meta, write_cache_file
-from bench.locks import step_lock, try_step_lock
-from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Scene
+from infra import progress, timing
+from infra.cached_step import CachedStep, UnusableCacheFile, make_missing
+from infra.fingerprint import fingerprint
+from infra.io import read_cache_meta
+from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 
 _FIELDS = {"points": (np.float32, 2), "colors": (np.uint8, 2), "semantic": (np.int32, 1),
            "instance": (np.int32, 1), "boxes": (np.float32, 2), "box_labels": (np.int32, 1),
@@ -34,20 +34,18 @@ def _scene_bytes(scene: Scene) -> bytes:
     return buffer.getvalue()
 
 
-def _load_scene(path: pathlib.Path) -> Scene | str:
-    """The cached scene, or why it cannot be used (missing, changed since written, unreadable, malformed)."""
+def _decode_scene(data: bytes, scene_id: str) -> Scene:
+    """A cached scene file's bytes as a Scene; UnusableCacheFile if a field is missing or of the wrong type, or
+    the file holds another scene."""
     try:
-        data, _ = read_cache_file(path)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in (*_FIELDS, "scene_id")}
-    except FileNotFoundError:
-        return f"{path}: missing"
-    except CorruptCacheFile as e:
-        return str(e)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        return f"{path}: unreadable ({type(e).__name__})"
+        raise UnusableCacheFile(f"unreadable ({type(e).__name__})") from None
     if any(arrays[k].dtype != dtype or arrays[k].ndim != ndim for k, (dtype, ndim) in _FIELDS.items()):
-        return f"{path}: malformed (a field has the wrong type)"
+        raise UnusableCacheFile("malformed (a field has the wrong type)")
+    if str(arrays["scene_id"]) != scene_id:
+        raise UnusableCacheFile(f"holds scene {arrays['scene_id']}")
     return Scene(scene_id=str(arrays.pop("scene_id")), **arrays)
 
 
@@ -55,8 +53,8 @@ class CachedScenes:
     """The scenes of one split as a sequence, generated once and then read from the cache.
 
     Scenes read once stay in this process's memory (read-only, within a byte budget: see
-    ``datasets.memory_cache``), so later epochs and rows do not decode the files again. Concurrent
-    processes split the generation of missing scenes between them (``bench.locks``).
+    ``infra.memory_cache``), so later epochs and rows do not decode the files again. Concurrent
+    processes split the generation of missing scenes between them (``infra.locks``).
 
     Args:
       dataset: anything with ``info``, ``num_scenes(split)``, ``scene_id(split, i)``, ``scene(split, i)``.
@@ -79,46 +77,39 @@ class CachedScenes:
     def _path(self, index: int) -> pathlib.Path:
         return self.folder / f"{self.ids[index]}.npz"
 
-    def _lock(self, index: int) -> pathlib.Path:
-        return self.folder / "locks" / f"{self.ids[index]}.lock"
+    def _step(self, index: int) -> CachedStep:
+        return CachedStep(self._path(index), name=f"scenes/{self.folder.name}/{self.ids[index]}",
+                          lock=self.folder / "locks" / f"{self.ids[index]}.lock", what="cached scene",
+                          redo="regenerating")
 
     def _fill(self) -> None:
         """Generate the scenes missing from the cache; a scene another process is generating is waited
         for at the end, so two processes split the work instead of repeating it."""
         missing = [i for i in range(len(self.ids)) if not self._path(i).is_file()]
         for i in set(range(len(self.ids))) - set(missing):
-            steps.used(self._step(i), (read_cache_meta(self._path(i)) or {}).get("seconds"))
+            self._step(i).report((read_cache_meta(self._path(i)) or {}).get("seconds"))
         if not missing:
             return
-        clock, generated, deferred = timing.Stopwatch(), 0, []
+        clock = timing.Stopwatch()
         with timing.span("scene cache"):
-            for i in progress.bar(missing, desc=f"cache scenes {self.dataset.info.name}/{self.split}"):
-                with try_step_lock(self._lock(i)) as held:
-                    if not held:
-                        deferred.append(i)
-                    elif not self._path(i).is_file():
-                        self._write(i)
-                        generated += 1
-            for i in deferred:
-                with step_lock(self._lock(i)):
-                    if not self._path(i).is_file():
-                        self._write(i)
-                        generated += 1
-        others = len(missing) - generated
+            bar = progress.bar(missing, desc=f"cache scenes {self.dataset.info.name}/{self.split}")
+            made, others = make_missing(bar, self._step, self._generated, self._generate)
         progress.step(f"scenes {self.dataset.info.name}/{self.split}",
-                      f"{generated} generated in {progress.duration(clock.seconds)}"
+                      f"{len(made) - others} generated in {progress.duration(clock.seconds)}"
                       + (f" ({others} by another process)" if others else ""))
 
-    def _step(self, index: int) -> str:
-        return f"scenes/{self.folder.name}/{self.ids[index]}"
+    def _generated(self, index: int) -> bool | None:
+        return True if self._path(index).is_file() else None
+
+    def _generate(self, index: int) -> bool:
+        self._write(index)  # the scene is read back from the cache when it is used
+        return True
 
     def _write(self, index: int) -> Scene:
         clock = timing.Stopwatch()
         with timing.span("scene generation"):
             scene = self.dataset.scene(self.split, index)
-        seconds = clock.seconds
-        write_cache_file(self._path(index), _scene_bytes(scene), seconds)
-        steps.used(self._step(index), seconds)
+        self._step(index).save(_scene_bytes(scene), clock.seconds)
         return without_frames(scene)
 
     def __len__(self) -> int:
@@ -130,11 +121,8 @@ class CachedScenes:
         scene = _LOADED.get(key)
         if scene is not None:
             return scene
-        scene = _load_scene(path)
-        if isinstance(scene, Scene) and scene.scene_id != self.ids[index]:
-            scene = f"{path}: holds scene {scene.scene_id}"
-        if not isinstance(scene, Scene):
-            print(f"warning: cached scene {scene}; regenerating")
+        scene = self._step(index).load(lambda data: _decode_scene(data, self.ids[index]))
+        if scene is None:  # missing, changed since it was written or malformed (said by load)
             return self._write(index)
         return _LOADED.put(key, freeze_arrays(scene), array_bytes(scene))
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bench.errors import DataError
 from datasets.types import DatasetInfo, Scene, select_points
+from infra.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import torch
 
-from datasets.prepare import PreparedFrame
+from methods.preparation import PreparedFrame
 
 
 def frame_inputs(frame: PreparedFrame, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

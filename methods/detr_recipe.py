@@ -5,7 +5,7 @@ its SUN RGB-D recipe ``sunrgbd/DetrRecipe`` (matcher GIoU 3, centre 5, objectnes
 0.1). Matching on centre distance and objectness as well gives the Hungarian matcher a signal from the first
 step, which is what a small budget needs.
 
-    DetectionFinetune.recipe = @sunrgbd/DetrRecipe()
+    DetrDetection.recipe = @sunrgbd/DetrRecipe()
 """
 from __future__ import annotations
 

@@ -203,7 +203,7 @@ class TransformerEncoder(nn.Module):
     """Point-MAE / Bridge3D 3D encoder: tokens -> (B, G, width) features (padding rows are 0).
 
     ``forward(rel, centers, valid)`` runs on every token. For masked modelling call ``embed`` on all
-    tokens, keep the visible ones (``methods.masking.gather_tokens``) and call ``forward_tokens``.
+    tokens, keep the visible ones (``methods.token_masking.gather_tokens``) and call ``forward_tokens``.
     """
 
     def __init__(self, width: int = 256, depth: int = 3, heads: int = 4, mlp_ratio: float = 2.0,

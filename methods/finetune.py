@@ -13,16 +13,20 @@ import pathlib
 import gin
 import torch
 
-from bench import timing
-from bench.errors import DataError
-from bench.fingerprint import fingerprint
-from bench.seeding import derive_seed, torch_seeded
 from datasets.types import Detections, Scene
+from infra import timing
+from infra.errors import DataError
+from infra.fingerprint import fingerprint
+from infra.seeding import derive_seed, torch_seeded
+from methods.detr_recipe import DetrRecipe
 from methods.downstream.detection import Detector3D, predict_batch
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
-from methods.downstream.segmentation import (PointSegmenter, SegmentationObjective, load_pretrained_encoder,
-                                             predict_scene_labels)
-from methods.detr_recipe import DetrRecipe
+from methods.downstream.segmentation import (
+    PointSegmenter,
+    SegmentationObjective,
+    load_pretrained_encoder,
+    predict_scene_labels,
+)
 from methods.encoder import EncoderSpec
 from methods.learning_curve import LearningCurve
 from methods.protocols import FullFinetune
@@ -35,7 +39,7 @@ class _Finetune:
 
     task = ""
 
-    def __init__(self, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
+    def __init__(self, *, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
                  augment: bool, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None):
         if not encoder_lr_scale >= 0:
@@ -75,7 +79,7 @@ class _Finetune:
     def step_seed(self, seed: int) -> int:
         """The seed of everything random in this fine-tuning run (initialisation, data order, augmentation,
         tokens, dropout): the row's ``seed`` and the task, the same for every row and protocol
-        (``bench.seeding``)."""
+        (``infra.seeding``)."""
         return derive_seed(seed, f"finetune/{self.task}")
 
     def _encoder(self, pretrained_state, source: str) -> torch.nn.Module:
@@ -168,8 +172,9 @@ class SegmentationFinetune(_Finetune):
                  schedule: TrainSchedule | None = None, protocol=None, hidden: int = 256,
                  augment: bool = True, propagation_power: float = 2.0, encoder_lr_scale: float = 1.0,
                  layer_decay: float = 1.0, curve: LearningCurve | None = None):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve)
+        super().__init__(tokenizer=tokenizer, encoder=encoder, num_points=num_points, schedule=schedule,
+                         augment=augment, protocol=protocol, encoder_lr_scale=encoder_lr_scale,
+                         layer_decay=layer_decay, curve=curve)
         self.hidden = hidden
         self.propagation_power = float(propagation_power)
 
@@ -189,16 +194,13 @@ class SegmentationFinetune(_Finetune):
 
 
 class DetectionSpec(_Finetune):
-    """What both detection heads share (``DetectionFinetune``, ``GroupFreeDetection``): the protocols
+    """What both detection heads share (``DetrDetection``, ``GroupFreeDetection``): the protocols
     detection takes (full fine-tune, limited reconstructions), post-processing and prediction."""
 
     task = "det"
 
-    def __init__(self, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
-                 augment: bool, protocol, encoder_lr_scale: float, layer_decay: float, curve: LearningCurve | None,
-                 objectness_threshold: float, nms_iou: float):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve)
+    def __init__(self, *, objectness_threshold: float, nms_iou: float, **shared):
+        super().__init__(**shared)
         if self.protocol.freeze_encoder or self.protocol.uses_point_labels:
             raise ValueError(f"{type(self).__name__}.protocol: {type(self.protocol).__name__} applies to "
                              "segmentation; detection takes @FullFinetune() or @LimitedReconstructions()")
@@ -214,7 +216,7 @@ class DetectionSpec(_Finetune):
 
 
 @gin.register
-class DetectionFinetune(DetectionSpec):
+class DetrDetection(DetectionSpec):
     """3DETR-style detection (DESIGN 2.9): queries from token centres, transformer decoder, box heads,
     Hungarian matching; objectness threshold and class-aware 3D NMS at evaluation.
 
@@ -238,8 +240,10 @@ class DetectionFinetune(DetectionSpec):
                  query_from_tokens: bool = False, recipe: DetrRecipe | None = None, head_dropout: float = 0.3,
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve, objectness_threshold, nms_iou)
+        super().__init__(tokenizer=tokenizer, encoder=encoder, num_points=num_points, schedule=schedule,
+                         augment=augment, protocol=protocol, encoder_lr_scale=encoder_lr_scale,
+                         layer_decay=layer_decay, curve=curve,
+                         objectness_threshold=objectness_threshold, nms_iou=nms_iou)
         self.query_from_tokens = query_from_tokens
         self.recipe = recipe or DetrRecipe()
         self.head_dropout = head_dropout
@@ -266,7 +270,7 @@ class FinetuneRow:
     Args:
       pretrain: a ``PretrainRow`` (e.g. ``@stage2/PretrainRow()``), or None for "no pretraining".
       segmentation, detection: the full fine-tuning specs, or None to skip a task.
-      detection_heads: more detection specs by head name (e.g. ``{'3detr': @DetectionFinetune(),
+      detection_heads: more detection specs by head name (e.g. ``{'3detr': @DetrDetection(),
         'groupfree': @GroupFreeDetection()}``), each fine-tuned on its own and scored by a
         ``DetectionTask`` whose ``head`` names it (metrics ``<dataset>/det-<head>/...``).
       protocols: more fine-tuning runs from the same pretrained encoder, e.g.
@@ -275,7 +279,7 @@ class FinetuneRow:
     """
 
     def __init__(self, pretrain=None, segmentation: SegmentationFinetune | None = None,
-                 detection: DetectionFinetune | None = None, protocols=(), detection_heads: dict | None = None):
+                 detection: DetrDetection | None = None, protocols=(), detection_heads: dict | None = None):
         self.pretrain = pretrain
         self.segmentation = segmentation
         self.detection = detection

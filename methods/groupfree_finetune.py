@@ -1,6 +1,6 @@
 """GroupFree3D-style detection fine-tuning (DESIGN.md 2.9) [prior: Liu et al., ICCV 2021; paper Table 1].
 
-An alternative to the 3DETR-style ``DetectionFinetune`` for a ``FinetuneRow``'s ``detection`` (or one of its
+An alternative to the 3DETR-style ``DetrDetection`` for a ``FinetuneRow``'s ``detection`` (or one of its
 ``detection_heads``): the same (possibly pretrained) token encoder and KNN tokens, then
 ``methods.downstream.detection.groupfree``. Dense per-token objectness labels make it converge far faster
 than 3DETR's set matching, which matters on small budgets.
@@ -84,8 +84,10 @@ class GroupFreeDetection(DetectionSpec):
                  protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None, class_from_size: bool = False, roi_class: bool = False,
                  roi_points: int = 64, roi_margin: float = 0.1):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve, objectness_threshold, nms_iou)
+        super().__init__(tokenizer=tokenizer, encoder=encoder, num_points=num_points, schedule=schedule,
+                         augment=augment, protocol=protocol, encoder_lr_scale=encoder_lr_scale,
+                         layer_decay=layer_decay, curve=curve,
+                         objectness_threshold=objectness_threshold, nms_iou=nms_iou)
         if num_queries < 1 or decoder_depth < 0:
             raise ValueError(f"GroupFreeDetection: num_queries >= 1 and decoder_depth >= 0 expected, got "
                              f"{num_queries}, {decoder_depth}")

@@ -13,10 +13,10 @@ import pathlib
 import gin
 import torch
 
-from bench import timing
-from bench.distributed import main_first
-from bench.fingerprint import fingerprint
-from bench.seeding import derive_seed, torch_seeded
+from infra import timing
+from infra.distributed import main_first
+from infra.fingerprint import fingerprint
+from infra.seeding import derive_seed, torch_seeded
 from methods.batching import TokenizedFrames, collate
 from methods.tokenizers.report import stage_token_report
 from methods.train import TrainSchedule, train
@@ -55,7 +55,7 @@ class PretrainStage:
 
     def step_seed(self, seed: int) -> int:
         """The seed of everything random in this stage (initialisation, data order, tokens, masks,
-        drop-path): the row's ``seed`` and the stage's place in its chain (``bench.seeding``)."""
+        drop-path): the row's ``seed`` and the stage's place in its chain (``infra.seeding``)."""
         return derive_seed(seed, f"pretrain/{self.depth}")
 
     def run(self, prepared, data_key: str, cache_root: pathlib.Path, seed: int) -> dict:

@@ -26,7 +26,6 @@ import zlib
 import gin
 import numpy as np
 
-from bench.errors import DataError
 from datasets.types import IGNORE_INDEX, Scene
 
 
@@ -86,13 +85,10 @@ class LimitedReconstructions(_Protocol):
     def scene_indices(self, scenes) -> list[int]:
         ids = list(scenes.ids)
         if self.scene_list is not None:
-            from datasets.scannet.data_efficient import read_scene_list
+            from datasets.scannet.data_efficient import check_scene_list, read_scene_list
 
             wanted = read_scene_list(pathlib.Path(self.scene_list))
-            unknown = [s for s in wanted if s not in ids]
-            if unknown:
-                raise DataError(f"LimitedReconstructions.scene_list {self.scene_list}: {len(unknown)} scenes are not "
-                                f"in the training split, e.g. {unknown[0]!r}")
+            check_scene_list(wanted, ids, "the training split", f"LimitedReconstructions.scene_list {self.scene_list}")
             position = {s: i for i, s in enumerate(ids)}
             return sorted(position[s] for s in wanted)
         order = np.random.default_rng(self.seed).permutation(len(ids))
@@ -135,14 +131,9 @@ class LimitedAnnotations(_Protocol):
         return np.sort(rng.choice(candidates, self.points, replace=False)).astype(np.int64)
 
     def _official_points(self, scene: Scene) -> np.ndarray:
-        if self._official is None:
-            from datasets.scannet.data_efficient import read_point_annotations
+        from datasets.scannet.data_efficient import annotated_points, read_point_annotations
 
+        if self._official is None:
             self._official = read_point_annotations(pathlib.Path(self.annotations))
-        if scene.scene_id not in self._official:
-            raise DataError(f"LimitedAnnotations.annotations {self.annotations}: no points for scene {scene.scene_id!r}")
-        index = np.unique(np.asarray(self._official[scene.scene_id], dtype=np.int64))
-        if len(index) and (index[0] < 0 or index[-1] >= scene.num_points):
-            raise DataError(f"LimitedAnnotations.annotations {self.annotations}: scene {scene.scene_id!r} has "
-                            f"{scene.num_points} points, the file names point {int(index[-1])}")
-        return index
+        return annotated_points(self._official, scene.scene_id, scene.num_points,
+                                f"LimitedAnnotations.annotations {self.annotations}")

@@ -13,16 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-
-def upsample_features(patch_features: torch.Tensor | np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly upsample patch features (C, h, w) to the image size ``hw`` -> (C, H, W) float32."""
-    feats = torch.as_tensor(patch_features, dtype=torch.float32)
-    if feats.ndim != 3:
-        raise ValueError(f"patch_features: expected (C, h, w), got shape {tuple(feats.shape)}")
-    out = F.interpolate(feats[None], size=tuple(int(s) for s in hw), mode="bilinear", align_corners=False)
-    return out[0]
 
 
 def _bilinear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

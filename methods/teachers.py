@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import DataError
 from datasets.types import Frame
-from methods.masks import frame_rng_seed
-from methods.weights import resolve_device
+from infra.errors import DataError
+from methods.mask_sources import frame_rng_seed
+from methods.model_weights import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -6,7 +6,7 @@ checkpoint, per-epoch loss curves through a logging callback, one progress line 
 bar per epoch on a terminal), and the time of every step's phases for the run's profile. CPU and CUDA; bf16 autocast
 only on CUDA (it is much slower than float32 on CPUs).
 
-Under torchrun (``bench.distributed``) the module is wrapped in DistributedDataParallel and each rank
+Under torchrun (``infra.distributed``) the module is wrapped in DistributedDataParallel and each rank
 takes ``batch_size / world_size`` samples of every global batch (a shuffle as random as, but not equal to,
 the one a single process draws), so the steps per epoch and the LR schedule are those of one process;
 epoch means are averaged over ranks, so every rank returns the same history; rank 0 alone writes the
@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping
 import gin
 import torch
 
-from bench import distributed, progress, steps, timing
-from bench.checks import check_choice, check_integer, check_number
-from bench.errors import HarnessError
-from bench.io import CorruptCacheFile, read_cache_file, write_cache_file
-from bench.locks import step_lock
+from infra import distributed, progress, timing
+from infra.cached_step import CachedStep, UnusableCacheFile
+from infra.checks import check_choice, check_integer, check_number
+from infra.errors import HarnessError
 
 # Per-rank offset of the global seed of an epoch (drop-path, data-loader workers): ranks see different
 # data and should not draw the same noise; rank 0 keeps the single-process seed. Token masks come from
@@ -100,27 +99,30 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "history")
 
 
-def load_checkpoint(path: pathlib.Path) -> dict | None:
-    """The checkpoint at ``path``, or None if absent, changed since it was written (its checksum,
-    ``bench.io``), unreadable or not a training checkpoint (then training starts afresh, with a warning).
-    Its ``seconds`` are the training time of every invocation that wrote it."""
-    try:
-        data, record = read_cache_file(path)
-    except FileNotFoundError:
-        return None
-    except CorruptCacheFile as e:
-        print(f"warning: checkpoint {e}; training from scratch")
-        return None
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or corrupt zip; torch raises RuntimeError or pickle errors
-        print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); training from scratch")
-        return None
+def checkpoint_step(path: pathlib.Path) -> CachedStep:
+    """The cached step of a training checkpoint ``<cache>/<kind>/<key>/checkpoint.pt``: reported as
+    ``<kind>/<key>``, claimed by a lock beside the checkpoint's folder (which then holds the checkpoint alone)."""
+    return CachedStep(path, name=f"{path.parent.parent.name}/{path.parent.name}",
+                      lock=path.parent.parent / f"{path.parent.name}.{path.stem}.lock",
+                      what="checkpoint", redo="training from scratch")
+
+
+def _decode_checkpoint(data: bytes) -> dict:
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS) \
             or not isinstance(state["history"], list):
-        print(f"warning: checkpoint {path} is not a training checkpoint (expected a dict with "
-              f"{', '.join(_CHECKPOINT_KEYS)}); training from scratch")
+        raise UnusableCacheFile(f"not a training checkpoint (expected a dict with {', '.join(_CHECKPOINT_KEYS)})")
+    return state
+
+
+def load_checkpoint(path: pathlib.Path) -> dict | None:
+    """The checkpoint at ``path``, or None if absent, changed since it was written (its checksum,
+    ``infra.io``), unreadable or not a training checkpoint (then training starts afresh, with a warning).
+    Its ``seconds`` are the training time of every invocation that wrote it."""
+    found = checkpoint_step(path).load_with_record(_decode_checkpoint)
+    if found is None:
         return None
+    state, record = found
     state["seconds"] = float(record.get("seconds") or 0.0)
     return state
 
@@ -161,7 +163,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     per-epoch mean of every returned value. Resumes from ``checkpoint`` if it exists; a finished
     checkpoint trains nothing (it is loaded into ``module``). ``dataset`` may have an ``epoch``
     attribute, set before each epoch. While one process trains a checkpoint, another one that wants
-    the same checkpoint waits for it (``bench.locks``). Time goes to ``name`` in the run's profile,
+    the same checkpoint waits for it (``infra.locks``). Time goes to ``name`` in the run's profile,
     split into the phases of every step: data, forward, backward, optimizer. ``param_groups`` (each
     ``{"params": [...], "lr_scale": s}``) trains groups at ``s`` times the schedule's learning rate;
     None = every trainable parameter at 1. ``epoch_hook(epoch)`` (rank 0) adds values to an epoch's
@@ -170,22 +172,19 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     device = schedule.resolve_device()
     module.to(device)
     clock = timing.Stopwatch()
-    # Under torchrun only rank 0 locks: the others follow it through collectives, never through the cache.
-    # The lock lives beside the checkpoint's folder, which then holds the checkpoint alone.
-    lock_path = checkpoint.parent.parent / f"{checkpoint.parent.name}.{checkpoint.stem}.lock"
-    lock = step_lock(lock_path) if distributed.is_main() else contextlib.nullcontext()
-    step = f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
-    with lock, timing.span(name):
+    step = checkpoint_step(checkpoint)
+    # Under torchrun only rank 0 claims the step: the others follow it through collectives, never through
+    # the cache.
+    with step.claim() if distributed.is_main() else contextlib.nullcontext(), timing.span(name):
         # under torchrun every rank loads the file rank 0 wrote
         state = _fitting(module, load_checkpoint(checkpoint), checkpoint)
         if state is not None and len(state["history"]) >= schedule.epochs:
             module.load_state_dict(state["model"])
             progress.step(name, f"cached ({schedule.epochs} epochs)")
-            steps.used(step, state["seconds"])
             return list(state["history"])
-        history, seconds = _train_epochs(module, dataset, collate, schedule, checkpoint, seed, log, name,
+        history, seconds = _train_epochs(module, dataset, collate, schedule, step, seed, log, name,
                                          extra_state, state, device, param_groups, epoch_hook)
-    steps.used(step, seconds)
+    step.report(seconds)
     first = len(state["history"]) if state is not None else 0
     resumed = f" (resumed from the checkpoint of epoch {first})" if first else ""
     progress.step(name, f"trained epochs {first + 1}-{schedule.epochs} of {schedule.epochs}{resumed} "
@@ -193,7 +192,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     return history
 
 
-def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
+def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint: CachedStep, seed: int,
                   log, name: str, extra_state, state: dict | None, device: torch.device,
                   param_groups: list[dict] | None = None,
                   epoch_hook=None) -> tuple[list[dict[str, float]], float]:
@@ -300,8 +299,8 @@ def _wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module)
 
 
-def _save(path, module, optimizer, scheduler, history, extra_state, seconds: float) -> None:
+def _save(step: CachedStep, module, optimizer, scheduler, history, extra_state, seconds: float) -> None:
     buffer = io.BytesIO()
     torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, **(extra_state or {})}, buffer)
-    write_cache_file(path, buffer.getvalue(), seconds)
+    step.save(buffer.getvalue(), seconds)

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from datasets.types import Detections, Scene
-from methods.downstream.detection.vote_group import (VoteGroupDetector, VoteGroupObjective, cluster_features,
-                                                     group_votes)
+from methods.downstream.detection.vote_group import VoteGroupDetector, VoteGroupObjective, cluster_features, group_votes
 from methods.downstream.scene_batch import scene_sample, scene_tokens
 from methods.encoder import EncoderSpec
 from methods.finetune import DetectionSpec
@@ -66,8 +65,10 @@ class VoteGroupDetection(DetectionSpec):
                  fit_heading: bool = True,
                  augment: bool = True, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
                  curve: LearningCurve | None = None):
-        super().__init__(tokenizer, encoder, num_points, schedule, augment, protocol, encoder_lr_scale, layer_decay,
-                         curve, objectness_threshold, nms_iou)
+        super().__init__(tokenizer=tokenizer, encoder=encoder, num_points=num_points, schedule=schedule,
+                         augment=augment, protocol=protocol, encoder_lr_scale=encoder_lr_scale,
+                         layer_decay=layer_decay, curve=curve,
+                         objectness_threshold=objectness_threshold, nms_iou=nms_iou)
         if eval_points is not None and eval_points < 1:
             raise ValueError(f"VoteGroupDetection.eval_points: expected >= 1 or None (every point), got {eval_points}")
         if not radius > 0 or min_points < 1:

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bench.metrics.box_iou import as_boxes, paired_box_iou_3d
+from datasets.box_iou import as_boxes, paired_box_iou_3d
 
 SCENE_KEYS = ("gt_boxes", "gt_labels", "pred_boxes", "pred_labels", "pred_scores")
 

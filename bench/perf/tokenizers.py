@@ -38,7 +38,7 @@ TOKEN_SHAPES = ((256, 128), (2048, 128))
 def real_frames(root: pathlib.Path, sizes: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """SUN RGB-D 000001 subsampled to each size (seed 0), Felzenszwalb region id per point."""
     from datasets.sunrgbd import load_votenet_frame
-    from methods.masks import ClassicalMaskSource
+    from methods.mask_sources import ClassicalMaskSource
 
     full = load_votenet_frame(root, "000001")
     labels = ClassicalMaskSource(scale=200, sigma=0.8, min_size=200).segment_image(full.image)

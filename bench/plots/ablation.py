@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from bench.io import atomic_write_bytes
-from bench.tables import TableSpec, simulation_label
+from bench.table_formats import simulation_label
+from bench.tables import TableSpec
+from infra.io import atomic_write_bytes
 
 OURS, PAPER = "#2f6db3", "#c9792b"  # ours blue, paper orange, in every figure
 

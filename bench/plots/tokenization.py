@@ -103,7 +103,7 @@ def plot_tokenization(
 def sunrgbd_figure(out: pathlib.Path, real_root: pathlib.Path, points: int) -> pathlib.Path:
     """SUN RGB-D 000001 (real) with regions from the classical Felzenszwalb segmenter, labelled so."""
     from datasets.sunrgbd import load_votenet_frame
-    from methods.masks import ClassicalMaskSource
+    from methods.mask_sources import ClassicalMaskSource
 
     if not real_root.is_dir():
         raise FileNotFoundError(f"real data folder not found: {real_root} (pass --real-root)")
@@ -119,7 +119,7 @@ def synthetic_figure(out: pathlib.Path, real_root: pathlib.Path, points: int) ->
     """A frame of the synthetic benchmark (a simulation) with simulated SAM masks (rendered instances)."""
     from datasets.geometry import backproject
     from datasets.synthetic import SyntheticIndoor
-    from methods.masks import RenderedMaskSource
+    from methods.mask_sources import RenderedMaskSource
 
     frame = SyntheticIndoor(image_hw=(240, 320)).scene("train", 0).frames[0]
     labels = RenderedMaskSource(split_prob=0.1, merge_prob=0.05)(frame)

@@ -3,8 +3,7 @@
 Formats, as the benchmark distributes them:
 
 - Limited reconstructions (``lr``): ``tasks/scenes/{1,5,10,20}.txt``, the ids of 1 / 5 / 10 / 20 % of the
-  ScanNet training scenes, one a line (``scene0000_00``). The lists are nested: the 1 % list is inside the
-  5 % list, which is inside the 10 % list, and so on.
+  ScanNet training scenes, one a line (``scene0000_00``).
 - Limited annotations (``la``): ``tasks/points/points{20,50,100,200}``, each a ``torch.save``d dict from
   scene id to the indices of the scene's 20 / 50 / 100 / 200 labelled points, a 1-D integer tensor or
   numpy array. They index the vertices of the scene's ``_vh_clean_2.ply`` in file order, which the raw
@@ -13,8 +12,9 @@ Formats, as the benchmark distributes them:
   with ``non_finite='error'`` where these indices are used.
 
 Files are loaded without unpickling arbitrary objects (``torch.load(weights_only=True)`` with only numpy's
-array reconstruction allowed besides tensors) and checked against a dataset reader; every problem is a
-one-line ``DataError`` naming the file and what was expected. Fine-tuning with them is wired elsewhere.
+array reconstruction allowed besides tensors) and checked against the training scenes
+(``methods.protocols`` uses them); every problem is a one-line ``DataError`` naming the file and what was
+expected.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bench.errors import DataError
+from infra.errors import DataError
 
 PointAnnotations = dict[str, np.ndarray]
 _LIST_FORMAT = "one ScanNet scene id a line (tasks/scenes/<percent>.txt)"
@@ -62,41 +62,20 @@ def read_scene_list(path: str | pathlib.Path) -> list[str]:
     return ids
 
 
-def check_nested_scene_lists(lists: Mapping[str | pathlib.Path, Sequence[str]]) -> None:
-    """Check that limited-reconstruction lists (file -> ids) nest: each list inside every longer one.
-
-    A ``DataError`` names the smaller file, the larger one and a scene of the first missing from the second.
-    """
-    by_size = sorted(lists.items(), key=lambda item: len(item[1]))
-    for (small, small_ids), (large, large_ids) in zip(by_size, by_size[1:]):
-        outside = [s for s in small_ids if s not in set(large_ids)]
-        if outside:
-            raise DataError(f"{small}: {len(outside)} of its {len(small_ids)} scenes are not in {large} (first: "
-                            f"{outside[0]!r}); expected nested lists, each smaller list inside every larger one")
-
-
-def _split_index(dataset, split: str) -> dict[str, int]:
-    return {dataset.scene_id(split, i): i for i in range(dataset.num_scenes(split))}
-
-
-def check_scene_list(ids: Sequence[str], dataset, split: str = "train",
+def check_scene_list(ids: Sequence[str], known: Sequence[str], what: str,
                      path: str | pathlib.Path = "scene list") -> None:
-    """Check a limited-reconstruction list against a reader: every id once, and a scene of ``split``.
-
-    ``dataset`` is any reader of the dataset protocol (``ScanNetExport``, ...); ``path`` names the list
-    in messages.
-    """
+    """Check a limited-reconstruction list against the ids of the scenes it picks from (``known``, e.g. the
+    training split, named ``what`` in messages): every id once, and among them. ``path`` names the list."""
     seen: set[str] = set()
     for scene_id in ids:
         if scene_id in seen:
             raise DataError(f"{path}: scene {scene_id!r} is listed twice; expected each scene once")
         seen.add(scene_id)
-    known = _split_index(dataset, split)
-    unknown = [s for s in ids if s not in known]
+    known_ids = set(known)
+    unknown = [s for s in ids if s not in known_ids]
     if unknown:
-        raise DataError(f"{path}: {len(unknown)} of {len(ids)} scenes are not in split {split!r} of "
-                        f"{type(dataset).__name__} ({len(known)} scenes; first: {unknown[0]!r}); expected ids of "
-                        f"the scenes it reads")
+        raise DataError(f"{path}: {len(unknown)} of {len(ids)} scenes are not in {what} ({len(known_ids)} scenes; "
+                        f"first: {unknown[0]!r}); expected ids of the scenes it reads")
 
 
 # ---- limited annotations -------------------------------------------------------------------------
@@ -161,27 +140,17 @@ def read_point_annotations(path: str | pathlib.Path) -> PointAnnotations:
     return annotations
 
 
-def check_point_annotations(annotations: Mapping[str, np.ndarray], dataset, split: str = "train",
-                            path: str | pathlib.Path = "point annotations") -> None:
-    """Check limited annotations against a reader: one entry for every scene of ``split`` and no other,
-    and every index inside its scene's points.
-
-    Reads every annotated scene once (``dataset.scene``) to count its points; ``path`` names the file in
-    messages.
-    """
-    index = _split_index(dataset, split)
-    unknown = [s for s in annotations if s not in index]
-    if unknown:
-        raise DataError(f"{path}: {len(unknown)} of {len(annotations)} annotated scenes are not in split {split!r} "
-                        f"of {type(dataset).__name__} (first: {unknown[0]!r}); expected ids of the scenes it reads")
-    missing = [s for s in index if s not in annotations]
-    if missing:
-        raise DataError(f"{path}: {len(missing)} of the {len(index)} scenes of split {split!r} have no entry (first: "
-                        f"{missing[0]!r}); expected labelled points for every scene")
-    for scene_id, labelled in annotations.items():
-        n = dataset.scene(split, index[scene_id]).num_points
-        labelled = np.asarray(labelled)
-        outside = labelled[(labelled < 0) | (labelled >= n)]
-        if outside.size:
-            raise DataError(f"{path}: scene {scene_id!r}: {outside.size} of {len(labelled)} indices are outside "
-                            f"0..{n - 1} (first: {int(outside[0])}); expected indices into its {n} points")
+def annotated_points(annotations: Mapping[str, np.ndarray], scene_id: str, num_points: int,
+                     path: str | pathlib.Path = "point annotations") -> np.ndarray:
+    """The sorted, unique labelled point indices of scene ``scene_id`` (``num_points`` points) in
+    ``annotations``; a ``DataError`` naming ``path`` when the scene has no entry or an index is outside it."""
+    if scene_id not in annotations:
+        raise DataError(f"{path}: no labelled points for scene {scene_id!r} ({len(annotations)} scenes annotated); "
+                        "expected labelled points for every training scene")
+    labelled = np.asarray(annotations[scene_id], dtype=np.int64)
+    outside = labelled[(labelled < 0) | (labelled >= num_points)]
+    if outside.size:
+        raise DataError(f"{path}: scene {scene_id!r}: {outside.size} of {len(labelled)} indices are outside "
+                        f"0..{num_points - 1} (first: {int(outside[0])}); expected indices into its {num_points} "
+                        "points")
+    return np.unique(labelled)

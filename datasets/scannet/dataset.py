@@ -16,7 +16,6 @@ import pathlib
 
 import gin
 
-from bench.errors import DataError
 from datasets.scannet.labels import SCANNET_INFO
 from datasets.scannet.raw import raw_scene_present, read_label_map, read_raw_scene
 from datasets.scannet.readers import (
@@ -29,6 +28,7 @@ from datasets.scannet.readers import (
 from datasets.scannet.roots import ScanNetRoot, resolve_scannet_root
 from datasets.scene_list import SceneListDataset, non_finite_policy
 from datasets.types import DatasetInfo, Scene
+from infra.errors import DataError
 
 log = logging.getLogger(__name__)
 

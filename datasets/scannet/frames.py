@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.frame_sequence import LazyFrames
-from datasets.geometry import project, zbuffer
+from datasets.geometry import zbuffer
 from datasets.safe_pickle import load_pickle
 from datasets.types import IGNORE_INDEX, Frame, Scene
 

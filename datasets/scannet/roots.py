@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from bench.errors import DataError
+from infra.errors import DataError
 
 # Export folder names -> who writes them.
 EXPORT_FOLDERS = {"scannet_instance_data": "mmdetection3d export",

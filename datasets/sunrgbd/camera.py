@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from bench.errors import DataError
+from infra.errors import DataError
 
 # Columns: where the OpenCV camera's x, y, z axes point in the tilted depth frame.
 CV_TO_TILTED = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])

@@ -10,11 +10,11 @@ from typing import Iterator
 import gin
 import numpy as np
 
-from bench.checks import check_integer, check_number
 from datasets.geometry import aligned_box_of_oriented, backproject, pinhole_intrinsics
 from datasets.synthetic.layout import DET_CLASSES, NUM_STRUCTURAL, SEG_CLASSES, Layout, sample_layout
 from datasets.synthetic.render import render_frame
 from datasets.types import DatasetInfo, Frame, Scene
+from infra.checks import check_integer, check_number
 
 # Each split code seeds its own scene streams; a new split takes a new code, so existing splits keep
 # their scenes.

@@ -41,7 +41,7 @@ at least ``min_box_pixels`` pixels in the frame; classes map by ``SUNRGBD_NAMES`
 reader drops. Read it with ``SunRgbdVotenet(<out>/sunrgbd_trainval)`` or ``verify --kind sunrgbd``.
 
 An export is written into ``<out>.partial`` and renamed to ``<out>`` when complete, so an interrupted one
-never looks finished; each file is written atomically (``bench.io``).
+never looks finished; each file is written atomically (``infra.io``).
 """
 from __future__ import annotations
 
@@ -55,11 +55,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from datasets.geometry import aligned_box_of_oriented, backproject
 from datasets.sunrgbd.camera import CV_TO_TILTED
 from datasets.synthetic.layout import DET_CLASSES, SEG_CLASSES
 from datasets.types import Frame, Scene
+from infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # Synthetic class -> (ScanNet raw category, NYU40 id, NYU40 class). Raw names as ScanNet annotators wrote them.
 SCANNET_CATEGORIES: dict[str, tuple[str, int, str]] = {

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.fingerprint import fingerprint
-from datasets.memory_cache import ByteBudgetCache
 from datasets.types import IGNORE_INDEX, Scene
+from infra.fingerprint import fingerprint
+from infra.memory_cache import ByteBudgetCache
 from methods.downstream.scene_batch import scene_sample, scene_tokens
 from methods.encoder import Dropout, TransformerEncoder, init_weights
 
@@ -91,7 +91,7 @@ class NeighbourMemo:
     Every model a row evaluates with one seed sees the same scenes and the same token centres (tokens
     come from a seeded point sample, not from the model), so the neighbour search, about half of a
     segmentation evaluation on CPU, needs to run once per scene and seed. Keys are the content
-    fingerprints (``bench.fingerprint``) of the points, centres and validity with ``k`` and ``power``:
+    fingerprints (``infra.fingerprint``) of the points, centres and validity with ``k`` and ``power``:
     another sample is never served. CPU tensors only (on a GPU the search is cheap and memory dear).
     First come first kept within ``max_bytes``.
     """

@@ -2,7 +2,7 @@
 
 Every spec has ``build(teacher_dim, group_weights, previous, seed) -> nn.Module``; ``previous`` is the
 ``state_dict`` of the previous stage's encoder (or None), ``seed`` the stage's seed (the masks derive
-from it and the spec's own ``seed`` offset; ``bench.seeding``). The built module's ``forward(batch)``
+from it and the spec's own ``seed`` offset; ``infra.seeding``). The built module's ``forward(batch)``
 returns ``{"loss": total to backpropagate, <component>: detached value, ...}`` and its ``encoder``
 attribute is the ``TransformerEncoder`` handed to the next stage or to fine-tuning. Optimise only
 ``p.requires_grad`` parameters (MTP's frozen teacher is a registered submodule). Batch layout:
@@ -14,8 +14,12 @@ attribute is the ``TransformerEncoder`` handed to the next stage or to fine-tuni
 - ``PointMAE``, ``Bridge3DStyle``: baselines [prior].
 """
 from methods.objectives.common import MaskSampler, TokenSplit
-from methods.objectives.distillation import (DistillationWithMTP, DistillationWithMTPModel,
-                                             RegionDistillation, RegionDistillationModel)
+from methods.objectives.distillation import (
+                                             DistillationWithMTP,
+                                             DistillationWithMTPModel,
+                                             RegionDistillation,
+                                             RegionDistillationModel,
+)
 from methods.objectives.mtp import MaskedTokenPrediction, MaskedTokenPredictionModel
 from methods.objectives.reconstruction import Bridge3DStyle, Bridge3DStyleModel, PointMAE, PointMAEModel
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.seeding import derive_seed
+from infra.seeding import derive_seed
 from methods.encoder import TransformerDecoder, TransformerEncoder
 from methods.losses import mixed_region_targets
-from methods.masking import random_token_mask, selection_index, take_tokens
 from methods.reweighting import GroupBalancing
+from methods.token_masking import random_token_mask, selection_index, take_tokens
 
 Batch = Mapping[str, torch.Tensor]
 TOKEN_KEYS = ("rel", "centers", "valid")

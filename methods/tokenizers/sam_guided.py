@@ -36,7 +36,7 @@ import gin
 import numpy as np
 import torch
 
-from bench.checks import check_integer
+from infra.checks import check_integer
 from methods.tokenizers.sampling import segment_fps, segment_fps_seeds
 from methods.tokenizers.token_set import TokenSet, build_token_set, check_inputs, compact_ids
 

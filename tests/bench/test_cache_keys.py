@@ -18,20 +18,20 @@ import gin
 import pandas as pd
 import pytest
 
-from bench.fingerprint import fingerprint
-from bench.runner import RowContext
+from bench.row_context import RowContext
 from bench.tasks import DetectionTask, SemanticSegmentationTask
 from bench.tracking import NullRun
-from datasets.prepare import FramePreparation
 from datasets.scene_cache import CachedScenes
 from datasets.synthetic import SyntheticIndoor
+from infra.fingerprint import fingerprint
 from methods.detr_recipe import DetrRecipe
 from methods.encoder import DecoderSpec, EncoderSpec
-from methods.finetune import DetectionFinetune, FinetuneRow, SegmentationFinetune
+from methods.finetune import DetrDetection, FinetuneRow, SegmentationFinetune
 from methods.groupfree_finetune import GroupFreeDetection, GroupFreeRecipe
 from methods.learning_curve import LearningCurve
-from methods.masks import ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource
+from methods.mask_sources import ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource
 from methods.objectives import Bridge3DStyle, DistillationWithMTP, MaskedTokenPrediction, PointMAE, RegionDistillation
+from methods.preparation import FramePreparation
 from methods.pretrain import PretrainRow, PretrainStage
 from methods.protocols import LimitedReconstructions, LinearProbe
 from methods.reweighting import GroupBalancing
@@ -65,7 +65,7 @@ def _finetune_row(**changes) -> FinetuneRow:
     return FinetuneRow(**{"pretrain": PretrainRow(FramePreparation(RenderedMaskSource(), SimulatedTeacher()),
                                                   _stage()),
                           "segmentation": SegmentationFinetune(KnnTokenizer()),
-                          "detection": DetectionFinetune(KnnTokenizer()), **changes})
+                          "detection": DetrDetection(KnnTokenizer()), **changes})
 
 
 def _base(files) -> dict[type, dict]:
@@ -78,7 +78,7 @@ def _base(files) -> dict[type, dict]:
         PretrainStage: {"name": "s1", "objective": RegionDistillation(), "tokenizer": KnnTokenizer()},
         PretrainRow: {"preparation": FramePreparation(RenderedMaskSource(), SimulatedTeacher()), "stage": _stage()},
         SegmentationFinetune: {"tokenizer": KnnTokenizer()},
-        DetectionFinetune: {"tokenizer": KnnTokenizer()},
+        DetrDetection: {"tokenizer": KnnTokenizer()},
         GroupFreeDetection: {"tokenizer": KnnTokenizer()},
     }
 
@@ -107,7 +107,7 @@ def _variants(files) -> dict[tuple[type, str], list]:
         (PretrainRow, "split"): ["pretrain"],
         (FinetuneRow, "pretrain"): [_finetune_row().pretrain],
         (FinetuneRow, "segmentation"): [SegmentationFinetune(KnnTokenizer(), hidden=64)],
-        (FinetuneRow, "detection"): [DetectionFinetune(KnnTokenizer(), num_queries=16)],
+        (FinetuneRow, "detection"): [DetrDetection(KnnTokenizer(), num_queries=16)],
         ("tokenizer",): [SamGuidedTokenizer()],
         ("schedule",): [TrainSchedule(epochs=2)],
         ("encoder",): [encoder],
@@ -120,7 +120,7 @@ def _variants(files) -> dict[tuple[type, str], list]:
         (TrainSchedule, "warmup_fraction"): [0.1],
         ("curve",): [LearningCurve(every=2)],
         (FinetuneRow, "detection_heads"): [{"groupfree": GroupFreeDetection(KnnTokenizer())}],
-        (DetectionFinetune, "recipe"): [DetrRecipe(cost_center=5.0)],
+        (DetrDetection, "recipe"): [DetrRecipe(cost_center=5.0)],
         (GroupFreeDetection, "recipe"): [GroupFreeRecipe(weight_kps=0.2)],
         (FinetuneRow, "protocols"): [[SegmentationFinetune(KnnTokenizer(), protocol=LinearProbe())]],
         (SamGuidedTokenizer, "budget"): ["proportional"],
@@ -184,7 +184,7 @@ COMPONENTS = [SyntheticIndoor, RenderedMaskSource, ClassicalMaskSource, SamMaskS
               SimulatedTeacher, Dinov2Teacher, FramePreparation, RegionDistillation, MaskedTokenPrediction,
               DistillationWithMTP, PointMAE, Bridge3DStyle, EncoderSpec, DecoderSpec, GroupBalancing, KnnTokenizer,
               SamGuidedTokenizer, ExactFPS, RandomSampler, SubsampledFPS, TrainSchedule, PretrainStage,
-              SegmentationFinetune, DetectionFinetune, GroupFreeDetection, PretrainRow, FinetuneRow,
+              SegmentationFinetune, DetrDetection, GroupFreeDetection, PretrainRow, FinetuneRow,
               SemanticSegmentationTask, DetectionTask]
 
 
@@ -216,7 +216,7 @@ def test_the_preparation_is_keyed_on_every_parameter_and_the_frames_on_all_but_t
     assert not same, f"the preparation's key ignores SyntheticIndoor {same}"
 
 
-@pytest.mark.parametrize("cls", [PretrainStage, SegmentationFinetune, DetectionFinetune, GroupFreeDetection], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [PretrainStage, SegmentationFinetune, DetrDetection, GroupFreeDetection], ids=lambda c: c.__name__)
 def test_training_steps_are_keyed_on_every_parameter(cls, files):
     def key(step):
         return step.key("data", 0) if cls is PretrainStage else step.key("none", "scenes", 0)
@@ -236,7 +236,7 @@ class _KeyOnly(RowContext):
 def _result_key(row, tmp_path, dataset=None, tasks=(SemanticSegmentationTask, DetectionTask)) -> str:
     context = _KeyOnly("row", 0, dataset or SyntheticIndoor(num_train=1, num_val=1, frames_per_scene=1,
                                                             image_hw=(24, 32)),
-                       "train", "val", list(tasks), tmp_path / "cache", NullRun())
+                       "train", "val", list(tasks), tmp_path / "cache", tmp_path / "cache" / "results", NullRun())
     row.run(context)
     return context.notes["key"]
 

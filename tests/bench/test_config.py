@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bench.config import GIN_DIR, config_bindings, parse_config
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 
 SHIPPED = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))
 LEAVES = ["demo.gin", "smoke.gin", "pretrain_demo.gin", "pretrain_smoke.gin"]
@@ -172,7 +172,7 @@ def test_import_in_a_binding_is_refused(marker_module):
 
 
 def test_project_packages_may_be_imported_without_the_flag():
-    parse_config(["demo.gin"], ["import methods.masks\nfrom bench import metrics"])
+    parse_config(["demo.gin"], ["import methods.mask_sources\nfrom bench import metrics"])
 
 
 def test_allow_imports_runs_them(tmp_path, marker_module):

@@ -9,13 +9,14 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-import bench.io
+import infra.io
 from bench import owners
 from bench.config import parse_config
-from bench.errors import HarnessError
 from bench.mlflow_store import MlflowStore
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import Tracker, default_tracking_uri
+from bench.tracking import Tracker
+from infra.errors import HarnessError
 from tests.conftest import REPO_ROOT
 
 SMALL = ["SyntheticIndoor.num_train = 2", "SyntheticIndoor.num_val = 1", "SyntheticIndoor.frames_per_scene = 1"]
@@ -28,34 +29,34 @@ def _no_env_tracking_uri(monkeypatch):
 
 def _open_runs(results, owner: owners.Owner, experiment: str = "x") -> tuple[str, str]:
     """A parent and a child run left RUNNING by ``owner``, the parent with a staging folder."""
-    tracker = Tracker(default_tracking_uri(results), experiment, run_tags=owner.tags)
+    tracker = Tracker(ResultsLayout(results).tracking_uri, experiment, run_tags=owner.tags)
     tracker.connect()
     parent = tracker._create("parent", {}, None)
     staging = results / experiment / f".20260101-000000-{parent.run_id[:8]}.partial"
     staging.mkdir(parents=True)
     (staging / "config.gin").write_text("")
-    parent.set_tags({owners.STAGING_TAG: str(staging)})
+    parent.log_batch(tags={owners.STAGING_TAG: str(staging)})
     child = tracker._create("child", {}, parent)
     return parent.run_id, child.run_id
 
 
 def test_the_runs_of_a_killed_invocation_are_marked_killed_and_a_running_one_s_are_left(tmp_path):
     results = tmp_path.resolve()
-    killed = owners.Owner(results).acquire()
+    killed = owners.Owner(ResultsLayout(results)).acquire()
     killed_runs = _open_runs(results, killed)
     os.close(killed._fd)  # what the OS does when the process dies: the lock goes, its file stays
     killed._fd = None
-    alive = owners.Owner(results).acquire()  # another invocation, still running
+    alive = owners.Owner(ResultsLayout(results)).acquire()  # another invocation, still running
     alive_runs = _open_runs(results, alive, "y")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    vanished = owners.Owner(results)  # killed, and its lock file removed since: its pid is gone
+    vanished = owners.Owner(ResultsLayout(results))  # killed, and its lock file removed since: its pid is gone
     vanished.pid = int(gone.stdout)
     vanished_runs = _open_runs(results, vanished, "z")
 
-    me = owners.Owner(results).acquire()
-    store = MlflowStore(default_tracking_uri(results))
-    lines = owners.sweep(store, results, me)
-    client = MlflowClient(default_tracking_uri(results))
+    me = owners.Owner(ResultsLayout(results)).acquire()
+    store = MlflowStore(ResultsLayout(results).tracking_uri)
+    lines = owners.sweep(store, me)
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     for run_id in (*killed_runs, *vanished_runs):
         run = client.get_run(run_id)
         assert run.info.status == "KILLED" and "process that opened it had ended" in run.data.tags[owners.STALE_TAG]
@@ -64,7 +65,7 @@ def test_the_runs_of_a_killed_invocation_are_marked_killed_and_a_running_one_s_a
     assert not list((results / "x").glob(".*.partial")) and list((results / "y").glob(".*.partial"))
     assert not killed.lock.exists() and alive.lock.exists()
     assert len(lines) == 2 and all("marked KILLED" in line for line in lines)
-    assert owners.sweep(store, results, me) == []  # nothing left to sweep
+    assert owners.sweep(store, me) == []  # nothing left to sweep
     alive.release()
     me.release()
 
@@ -78,7 +79,7 @@ def test_two_invocations_starting_at_once_on_a_fresh_folder_both_finish(tmp_path
                                   text=True) for _ in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], errors
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert len(list((tmp_path / "synthetic_smoke").iterdir())) == 2
@@ -93,18 +94,18 @@ def test_a_full_disk_is_one_line_naming_the_folder_with_runs_failed_and_nothing_
             raise OSError(errno.ENOSPC, "No space left on device")
         f.write(data)
 
-    monkeypatch.setattr(bench.io, "_write", full_after_a_few)
+    monkeypatch.setattr(infra.io, "_write", full_after_a_few)
     parse_config(["tables/table4_smoke.gin"], ["Experiment.rows = {'stage1': @s1/FinetuneRow}"])
     with pytest.raises(HarnessError) as info:
         Experiment().run(tmp_path)
     message = str(info.value)
     assert "\n" not in message and message.startswith("no space left on the device of ")
     assert str(tmp_path) in message
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table4").experiment_id])
     assert runs and {r.info.status for r in runs} == {"FAILED"}
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".partial")]
     assert not leftovers
     for path in (tmp_path / "cache").rglob("*"):  # every cache file there is whole: it passes its checksum
         if path.is_file() and not path.name.endswith((".meta.json", ".lock")):
-            bench.io.read_cache_file(path)
+            infra.io.read_cache_file(path)

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from bench import distributed
-from bench.errors import HarnessError
+from infra import distributed
+from infra.errors import HarnessError
 from methods import train as train_module
 from methods.train import TrainSchedule, train
 from tests.methods.test_train import _collate, _Data
@@ -139,7 +139,7 @@ def test_table_end_to_end_under_torchrun(tmp_path):
     _require_gloo()
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import default_tracking_uri
+    from bench.results_layout import ResultsLayout
 
     results = tmp_path / "out"
     result = _torchrun(str(REPO_ROOT / "run_bench.py"), "--gin=gin/tables/table4_smoke.gin",
@@ -148,7 +148,7 @@ def test_table_end_to_end_under_torchrun(tmp_path):
     assert result.stdout.count("results: ") == 1  # rank 0 alone reports
     folders = list((results / "table4").iterdir())
     assert len(folders) == 1 and (folders[0] / "table4.md").is_file() and (folders[0] / "metrics.json").is_file()
-    client = MlflowClient(default_tracking_uri(results))
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table4").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

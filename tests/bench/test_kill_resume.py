@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from bench import owners
 from bench.config import parse_config
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
 from tests.conftest import REPO_ROOT
 
 TABLE = "tables/table4_smoke.gin"
@@ -87,7 +87,7 @@ def test_a_table_killed_and_resumed_at_several_points_gives_the_straight_run_s_c
 
     (folder,) = [p for p in (results / "table4").iterdir()]
     assert _cells(folder) == straight
-    client = MlflowClient(default_tracking_uri(results))
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table4").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED", "KILLED", "KILLED", "KILLED"]

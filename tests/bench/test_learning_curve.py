@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from bench.config import parse_config
 from bench.report import seed_mean_curves
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
 from methods.learning_curve import LearningCurve
 
 ROWS = "Experiment.rows = {'none': @none/FinetuneRow, 'DD': @dd/FinetuneRow}"
@@ -49,14 +49,14 @@ def _run(results, bindings=()):
 
 def test_a_curve_changes_no_cell_and_is_drawn(tmp_path):
     _, plain = _run(tmp_path / "plain")
-    folder, curved = _run(tmp_path / "curved", ["DetectionFinetune.curve = @LearningCurve()",
+    folder, curved = _run(tmp_path / "curved", ["DetrDetection.curve = @LearningCurve()",
                                                 "LearningCurve.every = 2", "LearningCurve.scenes = 1"])
     for job, metrics in plain.items():
         for key, value in metrics.items():
             if key.startswith("synthetic/") or key.startswith("pretrain/"):
                 assert curved[job][key] == value, (job, key)
     # Points after epochs 2 and 3 (steps 1 and 2) in every child run's history, none in the plain runs.
-    client = MlflowClient(default_tracking_uri(tmp_path / "curved"))
+    client = MlflowClient(ResultsLayout(tmp_path / "curved").tracking_uri)
     children = [r for r in client.search_runs([client.get_experiment_by_name("table3").experiment_id])
                 if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from bench import mlflow_store
-from bench.errors import HarnessError
 from bench.mlflow_store import MlflowStore, StoreProxy
-from bench.tracking import RunHandle, default_tracking_uri
+from bench.results_layout import ResultsLayout
+from bench.tracking import RunHandle
+from infra.errors import HarnessError
 
 
 def _exercise(store) -> tuple:
@@ -27,8 +28,8 @@ def _exercise(store) -> tuple:
 
 
 def test_the_helper_process_gives_the_answers_of_an_in_process_store(tmp_path):
-    local = _exercise(MlflowStore(default_tracking_uri(tmp_path / "a")))
-    proxy = StoreProxy().open(default_tracking_uri(tmp_path / "b"))
+    local = _exercise(MlflowStore(ResultsLayout(tmp_path / "a").tracking_uri))
+    proxy = StoreProxy().open(ResultsLayout(tmp_path / "b").tracking_uri)
     try:
         remote = _exercise(proxy)
     finally:
@@ -40,7 +41,7 @@ def test_the_helper_process_gives_the_answers_of_an_in_process_store(tmp_path):
 
 
 def test_an_error_of_a_write_sent_without_waiting_is_raised_by_the_next_call(tmp_path):
-    proxy = StoreProxy().open(default_tracking_uri(tmp_path))
+    proxy = StoreProxy().open(ResultsLayout(tmp_path).tracking_uri)
     try:
         proxy.log_batch("no-such-run", params=[("a", "1")])  # returns at once
         with pytest.raises(RuntimeError, match="an earlier MLflow write failed"):
@@ -53,11 +54,11 @@ def test_an_error_of_a_write_sent_without_waiting_is_raised_by_the_next_call(tmp
 def test_store_for_uses_the_prewarmed_helper_for_one_uri_only(tmp_path, monkeypatch):
     helper = StoreProxy()
     monkeypatch.setattr(mlflow_store, "_helper", helper)
-    first = default_tracking_uri(tmp_path / "a")
+    first = ResultsLayout(tmp_path / "a").tracking_uri
     try:
         assert mlflow_store.store_for(first) is helper and helper.uri == first
         assert mlflow_store.store_for(first) is helper
-        assert isinstance(mlflow_store.store_for(default_tracking_uri(tmp_path / "b")), MlflowStore)
+        assert isinstance(mlflow_store.store_for(ResultsLayout(tmp_path / "b").tracking_uri), MlflowStore)
     finally:
         mlflow_store.shutdown()
     assert mlflow_store._helper is None
@@ -94,7 +95,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="the helper is forked on Linux only")
 def test_a_forked_helper_ends_when_the_process_that_started_it_is_done(tmp_path):
     root = str(pathlib.Path(__file__).resolve().parents[2])
-    script = _FRESH_PROCESS.format(root=root, uri=default_tracking_uri(tmp_path))
+    script = _FRESH_PROCESS.format(root=root, uri=ResultsLayout(tmp_path).tracking_uri)
     log = tmp_path / "out.txt"  # not a pipe: a helper that lived on would keep a pipe open, and the run waiting
     with log.open("w") as out:
         subprocess.run([sys.executable, "-c", script], stdout=out, timeout=120, check=True)

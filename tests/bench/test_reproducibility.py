@@ -10,11 +10,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import bench.row_context
 import bench.runner
 from bench.config import parse_config
-from bench.errors import HarnessError
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
+from infra.errors import HarnessError
 
 TABLE = ["tables/table3_smoke.gin"]
 SEEDS = ["Experiment.seeds = 2"]
@@ -67,7 +68,7 @@ def test_cells_do_not_depend_on_what_the_cache_held(straight, tmp_path):
 def test_a_parallel_run_gives_the_cells_of_a_sequential_one(straight, tmp_path):
     _, cells = straight
     _same(cells, _run(tmp_path, ["Experiment.workers = 2"]))
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 12 and {r.info.status for r in runs} == {"FINISHED"}
@@ -92,7 +93,7 @@ def test_a_rerun_of_a_finished_table_loads_no_model(straight, tmp_path, monkeypa
     monkeypatch.setattr(torch, "load", no_loading)
     _same(cells, _run(tmp_path))
     assert "evaluation: read from the cache" in capsys.readouterr().out
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     child = next(r for r in runs if r.data.tags.get("row") == "DD")
     assert client.get_metric_history(child.info.run_id, "finetune/seg/loss")  # curves replayed from the cache
@@ -112,7 +113,7 @@ def test_a_rerun_answered_from_the_cache_starts_no_worker_process(straight, tmp_
 def test_a_changed_metric_code_is_never_answered_from_the_cache(straight, tmp_path, monkeypatch, capsys):
     results, cells = straight
     shutil.copytree(results / "cache", tmp_path / "cache")
-    monkeypatch.setattr(bench.runner, "metric_code_fingerprint", lambda: "another version")
+    monkeypatch.setattr(bench.row_context, "metric_code_fingerprint", lambda: "another version")
     _same(cells, _run(tmp_path))
     assert "read from the cache" not in capsys.readouterr().out
 
@@ -123,7 +124,7 @@ def test_a_failing_row_in_a_worker_fails_its_run_in_one_line(tmp_path):
     with pytest.raises(HarnessError, match="found no region in any frame"):
         _run(tmp_path, ["Experiment.workers = 2", "RenderedMaskSource.drop_small = 1_000_000",
                         "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}"])
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert failed and any("no region" in r.data.tags.get("error", "") for r in failed)

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.config import parse_config
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
 
 
 class _Exploding:
@@ -28,7 +28,7 @@ SMALL = ["SyntheticIndoor.num_train = 2", "SyntheticIndoor.num_val = 1", "Synthe
 
 
 def _runs(results_dir, experiment):
-    client = MlflowClient(default_tracking_uri(results_dir))
+    client = MlflowClient(ResultsLayout(results_dir).tracking_uri)
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id])
 
@@ -63,7 +63,7 @@ def test_smoke_run_writes_results_and_mlflow_structure(tmp_path):
     assert parent.data.params["Experiment.name"] == "'synthetic_smoke'"
     for tag in ("git_commit", "version.torch", "version.mlflow", "seeds"):
         assert tag in parent.data.tags
-    artifacts = {a.path for a in MlflowClient(default_tracking_uri(tmp_path)).list_artifacts(parent.info.run_id)}
+    artifacts = {a.path for a in MlflowClient(ResultsLayout(tmp_path).tracking_uri).list_artifacts(parent.info.run_id)}
     assert {"operative_config.gin", "summary.md", "metrics.json"} <= artifacts
 
 

@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.config import parse_config
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
 from tests.conftest import REPO_ROOT
 
 METRICS = ("synthetic/det/AP25", "synthetic/det/AP50", "synthetic/seg/mIoU", "synthetic/seg/mAcc")
@@ -41,7 +41,7 @@ def _no_env_tracking_uri(monkeypatch):
 
 def test_mlflow_has_a_parent_and_one_finished_child_per_row_and_seed(table4):
     results, _, _ = table4
-    client = MlflowClient(default_tracking_uri(results))
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table4").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -97,7 +97,7 @@ def test_an_interrupted_table_continues_where_it_stopped(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table4").experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     assert not (tmp_path / "table4").exists() or not any((tmp_path / "table4").iterdir())

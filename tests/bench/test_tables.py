@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.tables import (PAPER_DIR, TableSpec, build_table, load_paper_table, minimal_detectable_difference,
-                          paired_t_test, paper_row, records_from_mlflow, to_csv, to_latex, to_markdown, write_table)
+from bench.seed_statistics import minimal_detectable_difference, paired_t_test
+from bench.table_formats import to_csv, to_latex, to_markdown, write_table
+from bench.tables import PAPER_DIR, TableSpec, build_table, load_paper_table, paper_row, records_from_mlflow
 
 METRICS = ["scannet/det/AP25", "scannet/det/AP50", "s3dis/seg/mIoU", "s3dis/seg/mAcc"]
 

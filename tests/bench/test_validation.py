@@ -7,9 +7,9 @@ import gin
 import pytest
 
 from bench.config import describe_gin_error, parse_config
-from bench.errors import HarnessError
 from bench.runner import Experiment
 from bench.validation import validate_rows
+from infra.errors import HarnessError
 
 TABLE = ["tables/table4_smoke.gin"]
 

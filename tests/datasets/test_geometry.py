@@ -1,4 +1,4 @@
-"""Camera and box geometry against hand-computed cases."""
+"""Camera and box geometry (and the tests' point-in-box oracle) against hand-computed cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +11,9 @@ from datasets.geometry import (
     look_at_pose,
     pinhole_intrinsics,
     pixel_rays,
-    points_in_boxes,
     project,
 )
+from tests.geometry import points_in_boxes
 
 
 def test_pinhole_intrinsics_centre_and_focal():

@@ -9,9 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from datasets.geometry import points_in_boxes
-from datasets.s3dis import (S3DIS_INFO, S3DISBin, S3DISError, S3DISRaw, area_of, read_bin_room,
-                            read_raw_room)
+from datasets.s3dis import S3DIS_INFO, S3DISBin, S3DISError, S3DISRaw, area_of, read_bin_room, read_raw_room
+from tests.geometry import points_in_boxes
 
 FIXTURE = pathlib.Path("s3dis") / "mmdet3d_fe25f7a" / "tests"
 ROOM = "Area_1_office_2"

@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from datasets.geometry import backproject, points_in_boxes, project
+from datasets.geometry import backproject, project
 from datasets.safe_pickle import load_pickle
-from bench.errors import DataError
 from datasets.scannet import (
     DET_CLASSES,
     SCANNET_INFO,
@@ -37,7 +36,9 @@ from datasets.scannet import (
     zbuffer,
 )
 from datasets.types import IGNORE_INDEX
+from infra.errors import DataError
 from tests.conftest import REAL_DATA
+from tests.geometry import points_in_boxes
 
 EXPORT = pathlib.Path("scannet") / "mmdet3d_9e39d46"
 POSED = pathlib.Path("scannet") / "mmdet3d_89defca"

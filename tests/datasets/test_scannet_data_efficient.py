@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import DataError
 from datasets.scannet import ScanNetExport
 from datasets.scannet.data_efficient import (
-    check_nested_scene_lists,
-    check_point_annotations,
+    annotated_points,
     check_scene_list,
     read_point_annotations,
     read_scene_list,
 )
+from infra.errors import DataError
 
 SCENES = {"scene0000_00": 5, "scene0001_00": 3, "scene0002_00": 4}  # training scenes and their point counts
 
@@ -69,24 +68,17 @@ class _RunsCode:
 
 # ---- limited reconstructions --------------------------------------------------------------------
 
-def test_nested_scene_lists_read_and_check(tmp_path, dataset):
+def _train_ids(dataset) -> list[str]:
+    return [dataset.scene_id("train", i) for i in range(dataset.num_scenes("train"))]
+
+
+def test_scene_lists_read_and_check(tmp_path, dataset):
     one = write_list(tmp_path, "1.txt", ["scene0001_00"])
     five = write_list(tmp_path, "5.txt", ["scene0002_00", "scene0001_00", ""])  # a blank line is skipped
     lists = {one: read_scene_list(one), five: read_scene_list(five)}
     assert lists[five] == ["scene0002_00", "scene0001_00"]
-    check_nested_scene_lists(lists)
     for path, ids in lists.items():
-        check_scene_list(ids, dataset, "train", path)
-
-
-def test_a_list_outside_the_next_larger_one_is_not_nested(tmp_path):
-    one = write_list(tmp_path, "1.txt", ["scene0000_00"])
-    five = write_list(tmp_path, "5.txt", ["scene0001_00", "scene0002_00"])
-    with pytest.raises(DataError) as e:
-        check_nested_scene_lists({five: read_scene_list(five), one: read_scene_list(one)})
-    message = str(e.value)
-    assert message.startswith(f"{one}: 1 of its 1 scenes are not in {five} (first: 'scene0000_00')")
-    assert "expected nested lists" in message and "\n" not in message
+        check_scene_list(ids, _train_ids(dataset), "split 'train' of ScanNetExport", path)
 
 
 def test_a_duplicated_or_malformed_line_or_missing_list(tmp_path):
@@ -106,17 +98,17 @@ def test_a_duplicated_or_malformed_line_or_missing_list(tmp_path):
 def test_a_scene_the_reader_does_not_have(tmp_path, dataset):
     path = write_list(tmp_path, "1.txt", ["scene0001_00", "scene0999_00"])
     with pytest.raises(DataError) as e:
-        check_scene_list(read_scene_list(path), dataset, "train", path)
+        check_scene_list(read_scene_list(path), _train_ids(dataset), "split 'train' of ScanNetExport", path)
     assert str(e.value) == (f"{path}: 1 of 2 scenes are not in split 'train' of ScanNetExport (3 scenes; first: "
                             "'scene0999_00'); expected ids of the scenes it reads")
     with pytest.raises(DataError, match="'scene0001_00' is listed twice"):
-        check_scene_list(["scene0001_00", "scene0001_00"], dataset, "train", path)
+        check_scene_list(["scene0001_00", "scene0001_00"], _train_ids(dataset), "split 'train'", path)
 
 
 # ---- limited annotations ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("legacy_numpy", [False, True])
-def test_point_annotations_of_numpy_arrays_and_tensors(tmp_path, dataset, legacy_numpy):
+def test_point_annotations_of_numpy_arrays_and_tensors(tmp_path, legacy_numpy):
     data = {"scene0000_00": np.array([4, 0]), "scene0001_00": torch.tensor([2], dtype=torch.int32),
             "scene0002_00": np.array([3, 1, 0], dtype=np.uint16)}
     path = write_points(tmp_path, data, legacy_numpy=legacy_numpy)
@@ -124,28 +116,22 @@ def test_point_annotations_of_numpy_arrays_and_tensors(tmp_path, dataset, legacy
     assert list(annotations) == list(SCENES)
     assert all(a.dtype == np.int64 and a.ndim == 1 for a in annotations.values())
     assert annotations["scene0000_00"].tolist() == [4, 0] and annotations["scene0001_00"].tolist() == [2]
-    check_point_annotations(annotations, dataset, "train", path)
+    assert annotated_points(annotations, "scene0000_00", 5, path).tolist() == [0, 4]
 
 
-def test_an_index_outside_the_scene(tmp_path, dataset):
+def test_an_index_outside_the_scene(tmp_path):
     path = write_points(tmp_path, {"scene0000_00": np.array([0]), "scene0001_00": np.array([1, 3, -1]),
                                    "scene0002_00": np.array([0])})
     with pytest.raises(DataError) as e:
-        check_point_annotations(read_point_annotations(path), dataset, "train", path)
+        annotated_points(read_point_annotations(path), "scene0001_00", 3, path)
     assert str(e.value) == (f"{path}: scene 'scene0001_00': 2 of 3 indices are outside 0..2 (first: 3); expected "
                             "indices into its 3 points")
 
 
-def test_an_unknown_or_unannotated_scene(tmp_path, dataset):
-    full = {s: np.array([0]) for s in SCENES}
-    path = write_points(tmp_path, {**full, "scene0999_00": np.array([0])})
-    with pytest.raises(DataError, match=r"points20: 1 of 4 annotated scenes are not in split 'train' of ScanNetExport "
-                                        r"\(first: 'scene0999_00'\)"):
-        check_point_annotations(read_point_annotations(path), dataset, "train", path)
+def test_an_unannotated_scene(tmp_path):
     path = write_points(tmp_path, {"scene0000_00": np.array([0])}, name="points50")
-    with pytest.raises(DataError, match=r"points50: 2 of the 3 scenes of split 'train' have no entry \(first: "
-                                        r"'scene0001_00'\)"):
-        check_point_annotations(read_point_annotations(path), dataset, "train", path)
+    with pytest.raises(DataError, match=r"points50: no labelled points for scene 'scene0001_00' \(1 scenes annot"):
+        annotated_points(read_point_annotations(path), "scene0001_00", 3, path)
 
 
 @pytest.mark.parametrize("data, expected", [

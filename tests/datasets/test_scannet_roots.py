@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from bench.errors import DataError
 from datasets.__main__ import main
 from datasets.scannet import ScanNetBin, ScanNetExport, ScanNetRaw
 from datasets.scannet.roots import LABEL_MAP_NAME, resolve_scannet_root
 from datasets.verify import verify_scannet
+from infra.errors import DataError
 from tests.datasets.test_scannet import _write_raw_scene
 
 SCENE = "scene0001_00"

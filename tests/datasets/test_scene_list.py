@@ -9,13 +9,13 @@ import gin
 import numpy as np
 import pytest
 
-from bench.errors import DataError
 from datasets.geometry import zbuffer
 from datasets.s3dis import S3DISBin, S3DISRaw
 from datasets.scannet import ScanNetBin, ScanNetExport, ScanNetRaw, nyu40_to_seg
 from datasets.scene_list import SceneListDataset
 from datasets.sunrgbd import SunRgbdMmdet3d, SunRgbdVotenet
 from datasets.verify import verify_scannet, verify_sunrgbd
+from infra.errors import DataError
 
 SCENE = "scene0001_00"
 # Nine points: a chair (instance 1, NYU40 5), a wall (instance 2, NYU40 1), two unlabelled points.

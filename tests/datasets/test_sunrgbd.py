@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 
-from datasets.geometry import backproject, points_in_boxes, project, zbuffer
+from datasets.geometry import backproject, project, zbuffer
 from datasets.sunrgbd import (
     CV_TO_TILTED,
     SUNRGBD_INFO,
@@ -23,6 +23,7 @@ from datasets.sunrgbd import (
 from datasets.sunrgbd.votenet import TRAINVAL
 from datasets.types import IGNORE_INDEX
 from datasets.verify import scene_problems
+from tests.geometry import points_in_boxes
 
 TOY = "sunrgbd/sunrgbd-toy_feca6a0"
 KINECT_V2 = "2014-12-18_11-31-54_260595134347"

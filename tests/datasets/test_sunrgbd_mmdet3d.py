@@ -7,11 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from bench.errors import DataError
-from datasets.geometry import points_in_boxes, project
+from datasets.geometry import project
 from datasets.safe_pickle import load_pickle
 from datasets.sunrgbd import SunRgbdMmdet3d, camera_from_depth2img
 from datasets.sunrgbd.camera import zero_based_intrinsics
+from infra.errors import DataError
+from tests.geometry import points_in_boxes
 
 DEMO = ("sunrgbd", "mmdet3d_fe25f7a", "demo")
 INFOS = {"val": "sunrgbd_000017_infos.pkl"}

@@ -5,12 +5,13 @@ import gin
 import numpy as np
 import pytest
 
-from datasets.geometry import aligned_box_of_oriented, backproject, box_corners, points_in_boxes, project
+from datasets.geometry import aligned_box_of_oriented, backproject, box_corners, project
 from datasets.synthetic import SyntheticIndoor
 from datasets.synthetic.dataset import voxel_downsample
 from datasets.synthetic.furniture import CYLINDER, FURNITURE, sampling_probabilities
 from datasets.synthetic.layout import FIRST_OBJECT_INSTANCE
 from datasets.types import IGNORE_INDEX
+from tests.geometry import points_in_boxes
 
 SMALL = dict(num_train=3, num_val=2, num_pretrain=2, frames_per_scene=3, image_hw=(48, 64))
 

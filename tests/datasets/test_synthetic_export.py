@@ -10,15 +10,15 @@ import pytest
 from scipy.spatial import cKDTree
 
 from datasets.__main__ import main
-from datasets.geometry import aligned_box_of_oriented, backproject, points_in_boxes
+from datasets.geometry import aligned_box_of_oriented, backproject
 from datasets.scannet import DET_CLASSES as SCANNET_DET
 from datasets.scannet import SEG_CLASSES as SCANNET_SEG
 from datasets.scannet import ScanNetRaw, nyu40_to_seg, read_axis_alignment, read_raw_scene, read_sens_frames
 from datasets.sunrgbd import DET_CLASSES as SUNRGBD_DET
 from datasets.sunrgbd import SunRgbdVotenet, load_calib, project_upright_depth
-from datasets.synthetic import DET_CLASSES, SEG_CLASSES, SyntheticIndoor
-from datasets.synthetic import export
+from datasets.synthetic import DET_CLASSES, SEG_CLASSES, SyntheticIndoor, export
 from datasets.types import IGNORE_INDEX
+from tests.geometry import points_in_boxes
 
 # Seed 4 puts a lamp (no ScanNet-20 class) and cabinet / sink (no SUN RGB-D class) in these rooms. Every
 # object with a point keeps its box (min_points_per_box=1), so the box sets can be compared one to one.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datasets.prepare import PreparedFrame
 from methods.batching import TokenizedFrames, _rows, collate, frame_tokens
+from methods.preparation import PreparedFrame
 from methods.tokenizers import KnnTokenizer, SamGuidedTokenizer
 
 

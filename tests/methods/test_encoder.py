@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.encoder import DecoderSpec, Dropout, EncoderSpec, TransformerDecoder, TransformerEncoder, _PointNorm
-from methods.masking import selection_index, take_tokens
+from methods.token_masking import selection_index, take_tokens
 
 B, G, K, W = 3, 6, 8, 32
 

@@ -9,15 +9,22 @@ import pytest
 import torch
 
 from bench.metrics import evaluate_detection
-from datasets.geometry import points_in_boxes
 from datasets.types import Scene
-from methods.downstream.detection import (DetectionObjective, GroupFreeDetector, GroupFreeObjective,
-                                          angle_to_bin, decode_detections, kps_labels,
-                                          select_queries, token_assignment)
+from methods.downstream.detection import (
+    DetectionObjective,
+    GroupFreeDetector,
+    GroupFreeObjective,
+    angle_to_bin,
+    decode_detections,
+    kps_labels,
+    select_queries,
+    token_assignment,
+)
 from methods.downstream.detection.boxes import padded_targets
 from methods.downstream.scene_batch import SceneSamples, collate_scenes
 from methods.encoder import TransformerEncoder
 from methods.tokenizers import KnnTokenizer
+from tests.geometry import points_in_boxes
 from tests.methods.test_detection import _batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.config import parse_config
+from bench.results_layout import ResultsLayout
 from bench.runner import Experiment
-from bench.tracking import default_tracking_uri
 
 
 def _run(results_dir, *bindings):
@@ -57,7 +57,7 @@ def test_rows_share_stage1_and_checkpoints_load_weights_only(first_run):
 
 def test_loss_curves_are_in_mlflow(first_run):
     results, _, _ = first_run
-    client = MlflowClient(default_tracking_uri(results))
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     experiment = client.get_experiment_by_name("synthetic_pretrain_smoke")
     runs = client.search_runs([experiment.experiment_id], "tags.row = 'stage1 + stage2'")
     history = client.get_metric_history(runs[0].info.run_id, "pretrain/stage2/loss")
@@ -79,7 +79,7 @@ def test_a_rerun_trains_nothing_and_a_changed_stage2_retrains_only_stage2(first_
 
 def test_each_stage_logs_its_token_report(first_run):
     results, _, _ = first_run
-    client = MlflowClient(default_tracking_uri(results))
+    client = MlflowClient(ResultsLayout(results).tracking_uri)
     experiment = client.get_experiment_by_name("synthetic_pretrain_smoke")
 
     def metrics(row):  # of the row's latest run (the tests above re-run the experiment)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import DataError
 from datasets.types import IGNORE_INDEX, Scene
+from infra.errors import DataError
 from methods.downstream.scene_batch import scene_sample
 from methods.encoder import EncoderSpec
-from methods.finetune import DetectionFinetune, FinetuneRow, SegmentationFinetune
+from methods.finetune import DetrDetection, FinetuneRow, SegmentationFinetune
 from methods.protocols import FullFinetune, LimitedAnnotations, LimitedReconstructions, LinearProbe
 from methods.tokenizers import KnnTokenizer
 
@@ -63,9 +63,9 @@ def test_limited_annotations_read_an_official_points_file(tmp_path):
     torch.save({"s": torch.tensor([3, 1, 7])}, tmp_path / "points3")
     assert LimitedAnnotations(3, annotations=str(tmp_path / "points3")).labelled_points(_scene()).tolist() == [1, 3, 7]
     torch.save({"s": torch.tensor([3, 100])}, tmp_path / "far")
-    with pytest.raises(DataError, match="has 50 points, the file names point 100"):
+    with pytest.raises(DataError, match=r"scene 's': 1 of 2 indices are outside 0..49 \(first: 100\)"):
         LimitedAnnotations(2, annotations=str(tmp_path / "far")).labelled_points(_scene())
-    with pytest.raises(DataError, match="no points for scene 'other'"):
+    with pytest.raises(DataError, match="no labelled points for scene 'other'"):
         LimitedAnnotations(3, annotations=str(tmp_path / "points3")).labelled_points(_scene(scene_id="other"))
 
 
@@ -108,5 +108,5 @@ def test_metric_keys_name_the_protocol_and_rows_refuse_duplicates():
     with pytest.raises(ValueError, match="same metric key"):
         FinetuneRow(segmentation=full, protocols=[SegmentationFinetune(tokenizer=TOKENS, protocol=FullFinetune())])
     with pytest.raises(ValueError, match="applies to segmentation"):
-        DetectionFinetune(tokenizer=TOKENS, protocol=LinearProbe())
-    assert DetectionFinetune(tokenizer=TOKENS, protocol=LimitedReconstructions(20)).metric_key == "det-lr20"
+        DetrDetection(tokenizer=TOKENS, protocol=LinearProbe())
+    assert DetrDetection(tokenizer=TOKENS, protocol=LimitedReconstructions(20)).metric_key == "det-lr20"

@@ -4,8 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from methods.regions import region_features, upsample_features
+from methods.regions import region_features
+
+
+def upsample_features(patch_features: torch.Tensor | np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """The reference ``region_features`` must match: the patch grid (C, h, w) upsampled bilinearly to ``hw``."""
+    feats = torch.as_tensor(patch_features, dtype=torch.float32)
+    out = F.interpolate(feats[None], size=tuple(int(s) for s in hw), mode="bilinear", align_corners=False)
+    return out[0]
 
 
 def _two_regions(hw=(6, 8)) -> np.ndarray:

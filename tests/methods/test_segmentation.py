@@ -9,16 +9,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.geometry import points_in_boxes
 from datasets.synthetic import SyntheticIndoor
 from datasets.types import Scene
+from methods.downstream import (
+    PointSegmenter,
+    SceneSamples,
+    SegmentationObjective,
+    augment_sample,
+    collate_scenes,
+    load_pretrained_encoder,
+    predict_scene_labels,
+    propagate_features,
+    scene_sample,
+    scene_tokens,
+)
 from methods.downstream import segmentation as segmentation_module
-from methods.downstream import (PointSegmenter, SceneSamples, SegmentationObjective, augment_sample,
-                                collate_scenes, load_pretrained_encoder, predict_scene_labels,
-                                propagate_features, scene_sample, scene_tokens)
 from methods.downstream.segmentation import NeighbourMemo, mix_features, point_neighbours
 from methods.encoder import TransformerEncoder
 from methods.tokenizers import KnnTokenizer
+from tests.geometry import points_in_boxes
 
 NUM_CLASSES = 20
 

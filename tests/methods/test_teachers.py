@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import transformers
 
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 from methods.regions import region_features
 from methods.teachers import Dinov2Teacher, SimulatedTeacher
-from tests.methods.test_masks import make_frame
+from tests.methods.test_mask_sources import make_frame
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
             image_size=56)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.sunrgbd import load_votenet_frame
+from methods.mask_sources import ClassicalMaskSource
 from methods.tokenizers import (
     ExactFPS,
     KnnTokenizer,
@@ -22,8 +24,6 @@ from methods.tokenizers import (
     segment_fps,
     segment_fps_seeds,
 )
-from datasets.sunrgbd import load_votenet_frame
-from methods.masks import ClassicalMaskSource
 
 
 def reference_fps(xyz: np.ndarray, num: int, start: int) -> list[int]:

@@ -124,7 +124,7 @@ def test_a_checkpoint_with_other_contents_is_retrained_with_a_warning(tmp_path, 
     plain dict) is reported in one line and trained again, never loaded half-way."""
     import io
 
-    from bench.io import write_cache_file
+    from infra.io import write_cache_file
 
     path = tmp_path / "c.pt"
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ Rule, per scene, on the last decoder layer:
    logits [prior: GroupFree3D / VoteNet ``parse_predictions``]. Each query's label is its arg-max class.
 2. Keep valid queries with objectness > ``objectness_threshold`` (strict, 3DETR's conf_thresh 0.05).
 3. Class-aware greedy 3D NMS over the kept boxes ranked by objectness (as 3DETR): a box is dropped
-   when its exact 3D IoU (``bench.metrics.box_iou.box_iou_3d``) with a kept box of the same label is
+   when its exact 3D IoU (``datasets.box_iou.box_iou_3d``) with a kept box of the same label is
    > ``nms_iou`` (0.25). 3DETR uses the IoU of the boxes' axis-aligned hulls here [choice: exact IoU].
 4. Scores: with ``per_class_proposals`` (3DETR/VoteNet evaluation default) every surviving box is
    reported once per class c with score objectness * p(c); otherwise once, with its arg-max label
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.metrics.box_iou import box_iou_3d
+from datasets.box_iou import box_iou_3d
 from datasets.types import Detections
 from methods.downstream.detection.objective import pred_boxes
 

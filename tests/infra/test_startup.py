@@ -1,4 +1,4 @@
-"""bench.startup: imports without garbage collection, and imports in a background thread."""
+"""infra.startup: imports without garbage collection, and imports in a background thread."""
 import gc
 import importlib
 import sys
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bench import startup
+from infra import startup
 
 
 def test_collection_is_off_during_the_block_and_on_after_it_however_it_ends():

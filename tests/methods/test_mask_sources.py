@@ -1,4 +1,4 @@
-"""Mask sources (methods/masks.py): SAM through the real generator code, precomputed files,
+"""Mask sources (methods/mask_sources.py): SAM through the real generator code, precomputed files,
 the classical segmenter on a real image and the simulated (rendered) source."""
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import HarnessError
 from datasets.types import Frame
-from methods.masks import (ClassicalMaskSource, PrecomputedMaskSource, RenderedMaskSource, SamMaskSource,
-                           check_label_map, paint_masks, save_mask_map)
+from infra.errors import HarnessError
+from methods.mask_sources import (
+    ClassicalMaskSource,
+    PrecomputedMaskSource,
+    RenderedMaskSource,
+    SamMaskSource,
+    check_label_map,
+    paint_masks,
+    save_mask_map,
+)
 from tests.methods.sam_shim import torchvision_available, torchvision_shim
-from tests.methods.test_weights import WritesAMarker
+from tests.methods.test_model_weights import WritesAMarker
 
 HW = (64, 96)
 

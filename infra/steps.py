@@ -1,7 +1,7 @@
 """The compute seconds of the cached steps a table used, whichever invocation made them.
 
 A step (a scene generated, a scene prepared, a pretraining stage, a fine-tuning run, an evaluation)
-records the seconds it took when it is made (in its file's record, ``bench.io.write_cache_file``; a
+records the seconds it took when it is made (in its file's record, ``infra.io.write_cache_file``; a
 resumed checkpoint adds the seconds of every invocation that trained it). Whenever a job makes or
 reads a step it reports it here with those seconds, so a table resumed over several invocations, or
 answered from the cache, still says what its numbers cost: the sum over the steps it used, each

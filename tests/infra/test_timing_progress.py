@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bench import progress, timing
+from infra import progress, timing
 
 
 @pytest.fixture(autouse=True)

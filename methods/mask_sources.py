@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import gin
 import numpy as np
 
-from bench.errors import HarnessError
 from datasets.types import Frame
-from methods.weights import load_weights, resolve_device
+from infra.errors import HarnessError
+from methods.model_weights import load_weights, resolve_device
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -98,7 +98,7 @@ class SamMaskSource(MaskSource):
     stability 0.92, one crop layer, min region area 100) [prior]. ``min_mask_region_area > 0``
     needs OpenCV, as in segment_anything itself.
 
-    The model is built without weights and the checkpoint loaded by ``methods.weights.load_weights``
+    The model is built without weights and the checkpoint loaded by ``methods.model_weights.load_weights``
     (``weights_only=True`` on torch >= 2.6, or safetensors; strict keys and shapes), never by
     segment_anything's own ``torch.load``, which unpickles anything on torch < 2.6.
 

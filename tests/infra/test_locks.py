@@ -4,8 +4,8 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-from bench import timing
-from bench.locks import WAITING, step_lock, try_step_lock
+from infra import timing
+from infra.locks import WAITING, step_lock, try_step_lock
 
 
 def _hold(path: str, ready, release) -> None:

@@ -1,11 +1,19 @@
-"""Random token masking and token gathering (methods/masking.py)."""
+"""Random token masking and token gathering (methods/token_masking.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from methods.masking import (gather_tokens, num_masked, random_token_mask, scatter_tokens,
-                             selection_index, take_tokens)
+from methods.token_masking import gather_tokens, num_masked, random_token_mask, selection_index, take_tokens
+
+
+def scatter_tokens(x_sel: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
+                   num_tokens: int) -> torch.Tensor:
+    """The inverse of ``take_tokens`` (a reference for it): (B, M, ...) back at ``index`` in a zero (B, G, ...)."""
+    out = x_sel.new_zeros(x_sel.shape[0], num_tokens, *x_sel.shape[2:])
+    b, m = torch.nonzero(valid, as_tuple=True)
+    out[b, index[b, m]] = x_sel[b, m]
+    return out
 
 
 def _valid(counts, g=12) -> torch.Tensor:

@@ -13,7 +13,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
-from bench import timing
+from infra import timing
 
 try:
     import fcntl

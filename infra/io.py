@@ -16,7 +16,7 @@ import pathlib
 import tempfile
 from typing import Any
 
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 
 META_SUFFIX = ".meta.json"
 

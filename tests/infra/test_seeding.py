@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.seeding import derive_seed, torch_seeded
+from infra.seeding import derive_seed, torch_seeded
 from methods.encoder import EncoderSpec
 from methods.finetune import SegmentationFinetune
 from methods.pretrain import PretrainStage

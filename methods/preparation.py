@@ -10,7 +10,7 @@ The frames folder is keyed by the content fingerprint of the dataset and of the 
 ``GROUPS_ONLY`` (the parameters of the k-means groups alone, so a K ablation reuses the frames); the
 groups file and ``data_key`` (what pretraining stages are keyed by) cover the whole preparation, so a
 changed configuration never reads stale files. Work is resumable: every frame file, scene manifest
-and groups file is written atomically with a checksum (``bench.io``), a restarted run skips scenes whose
+and groups file is written atomically with a checksum (``infra.io``), a restarted run skips scenes whose
 manifest and frame files are complete, and a file that fails its checksum or validation on load
 (truncated, changed, wrong fields) is recomputed with a warning, never used.
 """
@@ -27,15 +27,15 @@ import gin
 import numpy as np
 import torch
 
-from bench import progress, steps, timing
-from bench.checks import check_integer
-from bench.errors import DataError
-from bench.fingerprint import fingerprint
-from bench.io import CorruptCacheFile, read_cache_file, write_cache_file
-from bench.locks import step_lock, try_step_lock
 from datasets.geometry import backproject
-from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Frame
+from infra import progress, timing
+from infra.cached_step import CachedStep, UnusableCacheFile, make_missing
+from infra.checks import check_integer
+from infra.errors import DataError
+from infra.fingerprint import fingerprint
+from infra.io import write_cache_file
+from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from methods.regions import region_features
 from methods.reweighting import assign_groups, cluster_region_features, group_counts, group_weights
 
@@ -44,10 +44,6 @@ _FIELDS = {"xyz": (np.float32, 2), "rgb": (np.uint8, 2), "pixel": (np.int32, 2),
 
 
 _LOADED = ByteBudgetCache()  # prepared frames this process has read (with their groups)
-
-
-class CacheError(Exception):
-    """A cache file is missing, truncated, corrupt or inconsistent."""
 
 
 @dataclasses.dataclass
@@ -73,25 +69,49 @@ def frame_to_bytes(prepared: PreparedFrame) -> bytes:
     return buffer.getvalue()
 
 
-def load_frame(path: pathlib.Path) -> PreparedFrame:
-    """Read and validate a prepared frame file; CacheError if anything is wrong with it."""
+def decode_frame(data: bytes, frame_id: str | None = None) -> PreparedFrame:
+    """A prepared frame file's bytes, validated (reading each zip member checks its CRC); UnusableCacheFile
+    if a field is missing, of the wrong type or length, or the file holds another frame than ``frame_id``."""
     try:
-        data, _ = read_cache_file(path)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in (*_FIELDS, "frame_id")}  # reading checks each CRC
-    except CorruptCacheFile as e:
-        raise CacheError(str(e)) from None
+            arrays = {name: npz[name] for name in (*_FIELDS, "frame_id")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise CacheError(f"{path}: unreadable cache file ({type(e).__name__}: {e})") from None
+        raise UnusableCacheFile(f"unreadable ({type(e).__name__}: {e})") from None
     for name, (dtype, ndim) in _FIELDS.items():
         if arrays[name].dtype != dtype or arrays[name].ndim != ndim:
-            raise CacheError(f"{path}: field {name!r} is {arrays[name].dtype} {arrays[name].shape}, "
-                             f"expected {np.dtype(dtype)} with {ndim} dims")
+            raise UnusableCacheFile(f"field {name!r} is {arrays[name].dtype} {arrays[name].shape}, "
+                                    f"expected {np.dtype(dtype)} with {ndim} dims")
     n, r = len(arrays["xyz"]), len(arrays["region_ids"])
     if not (len(arrays["rgb"]) == len(arrays["pixel"]) == len(arrays["region"]) == n
             and len(arrays["region_features"]) == r):
-        raise CacheError(f"{path}: per-point or per-region fields have inconsistent lengths")
+        raise UnusableCacheFile("per-point or per-region fields have inconsistent lengths")
+    if frame_id is not None and str(arrays["frame_id"]) != frame_id:
+        raise UnusableCacheFile(f"holds frame {str(arrays['frame_id'])!r}, expected {frame_id!r}")
     return PreparedFrame(frame_id=str(arrays.pop("frame_id")), **arrays)
+
+
+def frame_step(folder: pathlib.Path, frame_id: str) -> CachedStep:
+    """The file of one prepared frame (part of its scene's step, which reports the compute)."""
+    return CachedStep(folder / "frames" / f"{frame_id}.npz", what="prepared frame", redo="preparing its scene again")
+
+
+def _decode_manifest(data: bytes) -> dict:
+    done = json.loads(data)
+    if not (isinstance(done, dict) and isinstance(done.get("frames"), list)
+            and isinstance(done.get("sizes"), list) and len(done["frames"]) == len(done["sizes"])):
+        raise UnusableCacheFile("malformed (expected frames and sizes)")
+    return done
+
+
+def _decode_groups(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data)) as npz:
+        return {k: npz[k] for k in ("centroids", "counts", "weights")}
+
+
+def _groups_bytes(groups: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **groups)
+    return buffer.getvalue()
 
 
 @gin.register
@@ -160,70 +180,62 @@ class FramePreparation:
         """Prepare every frame of ``split`` (resuming earlier work), then the re-weighting groups.
 
         Concurrent processes split the scenes between them: a scene another process is preparing is
-        skipped and waited for at the end (``bench.locks``).
+        skipped and waited for at the end (``infra.cached_step.make_missing``).
         """
         folder = self.cache_dir(dataset, split, cache_root)
         (folder / "frames").mkdir(parents=True, exist_ok=True)
         (folder / "scenes").mkdir(exist_ok=True)
-        clock, prepared = timing.Stopwatch(), 0
-        frames: dict[int, list[str]] = {}
+        clock = timing.Stopwatch()
         with timing.span("preparation"):
-            deferred = []
-            for index in progress.bar(range(dataset.num_scenes(split)), desc=f"prepare {dataset.info.name}/{split}"):
-                done = self._finished_scene(dataset, split, index, folder)
-                if done is not None:
-                    frames[index] = done
-                    continue
-                with try_step_lock(self._lock(dataset, split, index, folder)) as held:
-                    if held:
-                        frames[index] = self._prepare_scene(dataset, split, index, folder)
-                        prepared += 1
-                    else:
-                        deferred.append(index)
-            for index in deferred:
-                with step_lock(self._lock(dataset, split, index, folder)):
-                    done = self._finished_scene(dataset, split, index, folder)
-                    frames[index] = done if done is not None else self._prepare_scene(dataset, split, index, folder)
+            scenes = range(dataset.num_scenes(split))
+            frames = {i: done for i in scenes if (done := self._finished_scene(dataset, split, i, folder)) is not None}
+            todo = [i for i in scenes if i not in frames]
+            made, by_others = make_missing(
+                progress.bar(todo, desc=f"prepare {dataset.info.name}/{split}"),
+                lambda i: self._scene_step(dataset, split, i, folder),
+                lambda i: self._finished_scene(dataset, split, i, folder, quiet=True),
+                lambda i: self._prepare_scene(dataset, split, i, folder))
+            frames.update(made)
             frame_ids = [f for index in sorted(frames) for f in frames[index]]
             if not frame_ids:
                 raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
                                 "(pretraining needs RGB-D frames attached to the scenes)")
-            with step_lock(folder / "locks" / "groups.lock"):
-                groups = self._groups(dataset, split, folder, frame_ids)
-        if prepared or deferred:
+            groups = self._groups_step(folder).get(lambda: self._groups(dataset, split, folder, frame_ids),
+                                                   _groups_bytes, _decode_groups)
+        if todo:
             progress.step(f"preparation {dataset.info.name}/{split}",
-                          f"{prepared} of {len(frames)} scenes prepared in {progress.duration(clock.seconds)}"
-                          + (f" ({len(deferred)} by another process)" if deferred else ""))
+                          f"{len(made) - by_others} of {len(frames)} scenes prepared in "
+                          f"{progress.duration(clock.seconds)}"
+                          + (f" ({by_others} by another process)" if by_others else ""))
         return PreparedSplit(folder, frame_ids, groups, self, dataset, split,
                              key=self.data_key(dataset, split, cache_root))
 
     @staticmethod
-    def _manifest(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
-        return folder / "scenes" / f"{dataset.scene_id(split, index)}.json"
+    def _scene_step(dataset, split: str, index: int, folder: pathlib.Path) -> CachedStep:
+        """A scene's manifest (its frames, their sizes, the seconds they took): the step of its frames."""
+        scene_id = dataset.scene_id(split, index)
+        return CachedStep(folder / "scenes" / f"{scene_id}.json", name=f"prepare/{folder.name}/{scene_id}",
+                          lock=folder / "locks" / f"{scene_id}.lock", what="preparation manifest",
+                          redo="preparing the scene again")
 
-    @staticmethod
-    def _lock(dataset, split: str, index: int, folder: pathlib.Path) -> pathlib.Path:
-        return folder / "locks" / f"{dataset.scene_id(split, index)}.lock"
+    def _groups_step(self, folder: pathlib.Path) -> CachedStep:
+        path = folder / f"groups-k{self.num_groups}-{self._groups_key()}.npz"
+        return CachedStep(path, name=f"prepare/{folder.name}/{path.stem}", lock=folder / "locks" / "groups.lock",
+                          what="groups file", redo="recomputing")
 
     def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path,
                         quiet: bool = False) -> list[str] | None:
         """The frame ids of a scene whose manifest and frame files are complete, else None (a manifest
         that fails its checksum or is malformed is reported and the scene prepared again)."""
-        manifest = self._manifest(dataset, split, index, folder)
-        done = _read_manifest(manifest, quiet)
+        done = self._scene_step(dataset, split, index, folder).load(_decode_manifest, quiet)
         if done is None:
             return None
         files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
         if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
-            steps.used(f"prepare/{folder.name}/{manifest.stem}", done.get("seconds"))
             return done["frames"]
         return None
 
     def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str]:
-        done = self._finished_scene(dataset, split, index, folder, quiet=True)
-        if done is not None:
-            return done
-        manifest = self._manifest(dataset, split, index, folder)
         clock = timing.Stopwatch()
         with timing.span("scene generation"):
             scene = dataset.scene(split, index)
@@ -234,54 +246,40 @@ class FramePreparation:
                 skipped.append(frame.frame_id)
                 continue
             data = frame_to_bytes(prepared)
-            write_cache_file(folder / "frames" / f"{frame.frame_id}.npz", data)
+            write_cache_file(frame_step(folder, frame.frame_id).path, data)
             frames.append(frame.frame_id)
             sizes.append(len(data))
         seconds = clock.seconds
         record = {"frames": frames, "sizes": sizes, "skipped_no_depth": skipped, "seconds": seconds}
-        write_cache_file(manifest, json.dumps(record).encode("utf-8"), seconds)
-        steps.used(f"prepare/{folder.name}/{manifest.stem}", seconds)
+        self._scene_step(dataset, split, index, folder).save(json.dumps(record).encode("utf-8"), seconds)
         return frames
 
     def load_or_recompute(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> PreparedFrame:
         """The prepared frame ``frame_id``; a file that fails its checksum or validation is reported and
         its scene prepared again."""
-        path = folder / "frames" / f"{frame_id}.npz"
-        try:
-            return load_frame(path)
-        except CacheError as e:
-            print(f"warning: {e}; recomputing")
-            self.recompute_frame(dataset, split, frame_id, folder)
-            return load_frame(path)
+        step = frame_step(folder, frame_id)
+        frame = step.load(lambda data: decode_frame(data, frame_id))
+        if frame is None:
+            self._prepare_scene_of(dataset, split, frame_id, folder)
+            frame = step.load(lambda data: decode_frame(data, frame_id))
+            if frame is None:
+                raise DataError(f"{step.path}: prepared again, still unreadable (is the disk failing?)")
+        return frame
 
-    def recompute_frame(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> None:
-        """Rebuild the scene that holds ``frame_id`` (after its file failed validation)."""
+    def _prepare_scene_of(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> None:
+        """Prepare again the scene that holds ``frame_id`` (after its file failed validation)."""
         for index in range(dataset.num_scenes(split)):
-            manifest = folder / "scenes" / f"{dataset.scene_id(split, index)}.json"
-            done = _read_manifest(manifest, quiet=True)
+            step = self._scene_step(dataset, split, index, folder)
+            done = step.load(_decode_manifest, quiet=True)
             if done is not None and frame_id in done["frames"]:
-                manifest.unlink()
-                self._prepare_scene(dataset, split, index, folder)
+                with step.claim():
+                    self._prepare_scene(dataset, split, index, folder)
                 return
-        raise CacheError(f"{folder}: no scene manifest lists frame {frame_id!r}")
+        raise DataError(f"{folder}: no scene manifest lists frame {frame_id!r}; delete the folder to prepare "
+                        "the split again")
 
     def _groups(self, dataset, split: str, folder: pathlib.Path, frame_ids: list[str]) -> dict[str, np.ndarray]:
-        """The k-means groups of the split's region features (cached, keyed by the whole preparation)."""
-        path = folder / f"groups-k{self.num_groups}-{self._groups_key()}.npz"
-        step = f"prepare/{folder.name}/{path.stem}"
-        try:
-            data, record = read_cache_file(path)
-            with np.load(io.BytesIO(data)) as npz:
-                groups = {k: npz[k] for k in ("centroids", "counts", "weights")}
-            steps.used(step, record.get("seconds"))
-            return groups
-        except FileNotFoundError:
-            pass
-        except CorruptCacheFile as e:
-            print(f"warning: groups file {e}; recomputing")
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-            print(f"warning: groups file {path} is unreadable ({type(e).__name__}); recomputing")
-        clock = timing.Stopwatch()
+        """The k-means groups of the split's region features (the groups step's computation)."""
         features = [self.load_or_recompute(dataset, split, f, folder).region_features for f in frame_ids]
         all_features = np.concatenate(features).astype(np.float32)
         if len(all_features) == 0:
@@ -293,32 +291,7 @@ class FramePreparation:
             sample = all_features[rng.choice(len(all_features), self.max_kmeans_regions, replace=False)]
         centroids, _ = cluster_region_features(sample, self.num_groups, self.seed)
         counts = group_counts(assign_groups(torch.from_numpy(all_features), centroids).numpy(), len(centroids))
-        groups = {"centroids": centroids.astype(np.float32), "counts": counts, "weights": group_weights(counts)}
-        buffer = io.BytesIO()
-        np.savez(buffer, **groups)
-        seconds = clock.seconds
-        write_cache_file(path, buffer.getvalue(), seconds)
-        steps.used(step, seconds)
-        return groups
-
-
-def _read_manifest(path: pathlib.Path, quiet: bool = False) -> dict | None:
-    """A scene manifest (frames, sizes), or None when absent, changed since written or malformed (then,
-    unless ``quiet``, a warning says the scene is prepared again)."""
-    try:
-        data, _ = read_cache_file(path)
-        done = json.loads(data)
-        if not (isinstance(done, dict) and isinstance(done.get("frames"), list)
-                and isinstance(done.get("sizes"), list) and len(done["frames"]) == len(done["sizes"])):
-            raise ValueError("expected frames and sizes")
-        return done
-    except FileNotFoundError:
-        return None
-    except (CorruptCacheFile, ValueError) as e:
-        if not quiet:
-            reason = str(e) if isinstance(e, CorruptCacheFile) else f"{path}: malformed ({type(e).__name__})"
-            print(f"warning: preparation manifest {reason}; preparing the scene again")
-        return None
+        return {"centroids": centroids.astype(np.float32), "counts": counts, "weights": group_weights(counts)}
 
 
 class PreparedSplit:
@@ -338,7 +311,7 @@ class PreparedSplit:
 
     def __getitem__(self, i: int) -> PreparedFrame:
         """The ``i``-th prepared frame with its regions' groups; frames read once stay in this process's
-        memory (read-only, within a byte budget, see ``datasets.memory_cache``)."""
+        memory (read-only, within a byte budget, see ``infra.memory_cache``)."""
         frame_id = self.frame_ids[i]
         path = self.folder / "frames" / f"{frame_id}.npz"
         key = file_key(path, self._groups_key)
@@ -347,8 +320,6 @@ class PreparedSplit:
             return frame
         frame = self._preparation.load_or_recompute(self._dataset, self._split, frame_id, self.folder)
         key = file_key(path, self._groups_key)
-        if frame.frame_id != frame_id:
-            raise CacheError(f"{path}: holds frame {frame.frame_id!r}, expected {frame_id!r}")
         features = torch.from_numpy(frame.region_features.astype(np.float32))
         frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
         return _LOADED.put(key, freeze_arrays(frame), array_bytes(frame))

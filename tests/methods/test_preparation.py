@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from datasets.prepare import FramePreparation, PreparedSplit, load_frame, CacheError
 from datasets.synthetic import SyntheticIndoor
-from methods.masks import RenderedMaskSource
+from methods.mask_sources import RenderedMaskSource
+from methods.preparation import FramePreparation, PreparedSplit, decode_frame, frame_step
 from methods.regions import region_features
 from methods.teachers import SimulatedTeacher
 
@@ -117,8 +117,9 @@ def test_the_groups_follow_every_parameter_of_the_preparation(prepared, tmp_path
 def test_a_damaged_frame_file_is_detected_and_recomputed(tmp_path, damage):
     dataset, preparation = _dataset(), _preparation()
     split = preparation.prepare(dataset, "train", tmp_path)
-    path = split.folder / "frames" / f"{split.frame_ids[1]}.npz"
-    good = load_frame(path)
+    step = frame_step(split.folder, split.frame_ids[1])
+    path = step.path
+    good = step.load(decode_frame)
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -128,11 +129,10 @@ def test_a_damaged_frame_file_is_detected_and_recomputed(tmp_path, damage):
         np.savez(path, **{**{k: getattr(good, k) for k in ("xyz", "rgb", "pixel", "region", "region_ids",
                                                           "label_map")},
                           "region_features": good.region_features.astype(np.float64), "frame_id": good.frame_id})
-    with pytest.raises(CacheError):
-        load_frame(path)
+    assert step.load(decode_frame, quiet=True) is None  # never used
     recovered = split[1]
     assert np.array_equal(recovered.xyz, good.xyz) and np.array_equal(recovered.region_features, good.region_features)
-    load_frame(path)  # valid again on disk
+    assert step.load(decode_frame) is not None  # valid again on disk
 
 
 def test_frames_without_depth_are_skipped_and_recorded(tmp_path):

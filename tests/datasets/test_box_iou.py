@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bench.metrics.box_iou import box_iou_3d, paired_box_iou_3d
+from datasets.box_iou import box_iou_3d, paired_box_iou_3d
 
 SQRT2 = math.sqrt(2.0)
 

@@ -1,4 +1,4 @@
-"""Local weights (methods/weights.py): state dicts load strictly and without unpickling code; devices."""
+"""Local weights (methods/model_weights.py): state dicts load strictly and without unpickling code; devices."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import HarnessError
-from methods.weights import load_weights, resolve_device
+from infra.errors import HarnessError
+from methods.model_weights import load_weights, resolve_device
 
 
 def tiny_model(width: int = 3) -> nn.Module:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 
 
 def resolve_device(device: str, where: str) -> str:

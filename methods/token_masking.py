@@ -81,12 +81,3 @@ def gather_tokens(x: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor, 
     """
     index, valid = selection_index(select)
     return take_tokens(x, index, valid), valid
-
-
-def scatter_tokens(x_sel: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-                   num_tokens: int) -> torch.Tensor:
-    """Inverse of ``take_tokens``: place (B, M, ...) back at ``index`` in a zero (B, G, ...) tensor."""
-    out = x_sel.new_zeros(x_sel.shape[0], num_tokens, *x_sel.shape[2:])
-    b, m = torch.nonzero(valid, as_tuple=True)
-    out[b, index[b, m]] = x_sel[b, m]
-    return out

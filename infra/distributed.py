@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from bench.errors import HarnessError
+from infra.errors import HarnessError
 
 # Ranks > 0 wait at a collective while rank 0 prepares caches, evaluates and writes the report; the
 # default timeout (10 min for nccl) would end a paper-scale run there. Minutes, overridable.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.fingerprint import fingerprint
+from infra.fingerprint import fingerprint
 
 
 class _Component:

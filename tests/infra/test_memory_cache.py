@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from datasets.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from datasets.types import Scene
+from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 
 
 def test_values_are_kept_until_the_budget_is_spent():
