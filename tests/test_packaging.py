@@ -5,9 +5,12 @@ import importlib.metadata
 import os
 import pathlib
 import subprocess
-import sysconfig
 import sys
+import sysconfig
+
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO_ROOT
 
@@ -20,14 +23,68 @@ def test_pyproject_installs_no_packages():
     assert {"torch", "gin-config", "mlflow", "transformers", "segment-anything"} <= names
 
 
+def _dependencies() -> list[str]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _lock() -> dict[str, str]:
+    """constraints.txt as name -> the exact version it pins (names normalised as pip does)."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version and not any(c in version for c in "<>=!~*, "), f"constraints.txt: {line!r} is no pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_every_dependency_has_an_exact_version_in_the_lock_within_its_range():
+    lock = _lock()
+    for requirement in map(Requirement, _dependencies()):
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{requirement.name} (pyproject.toml) has no exact version in constraints.txt"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (requirement, lock[name])
+
+
+def test_the_lock_holds_what_the_dependencies_need():
+    """Every distribution the dependencies pull in, as installed here, is pinned (a transitive one too)."""
+    lock = _lock()
+    wanted = [canonicalize_name(Requirement(r).name) for r in _dependencies()]
+    seen: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an optional extra's dependency that is not installed
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(canonicalize_name(requirement.name))
+    installed = {n for n in seen if _installed(n)}
+    assert installed <= set(lock), f"dependencies missing from constraints.txt: {sorted(installed - set(lock))}"
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def test_installed_distribution_carries_no_top_level_packages():
     # Look in site-packages only: the checkout itself (on sys.path) may hold a build's egg-info.
     site = sysconfig.get_paths()["purelib"]
     found = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "sam3d-bench"]
     for dist in found:
         top = {str(f).split("/")[0] for f in dist.files or []}
-        assert not top & {"datasets", "bench", "methods"}, top
-    for name in ("datasets", "bench", "methods"):
+        assert not top & {"datasets", "bench", "methods", "infra"}, top
+    for name in ("datasets", "bench", "methods", "infra"):
         assert not (pathlib.Path(site) / name).exists() or name == "datasets" and _is_hugging_face(site)
 
 
