@@ -1,7 +1,12 @@
 """bench.report: what a report reads from the tracking store, and the table it renders from that alone."""
 from __future__ import annotations
 
+import os
+import platform
 import shutil
+import types
+
+import torch
 
 from bench import mlflow_store, report
 from bench.mlflow_store import MlflowStore
@@ -57,3 +62,11 @@ def test_the_report_renders_from_its_inputs_alone(tmp_path):
         "t.csv", "t.md", "t.tex", "t_ablation.png", "t_pretrain_loss.png", "t_det_ap25_curve.png"]
     assert all(p.is_file() for p in rendered)
     assert "11.0" in (tmp_path / "a" / "t.md").read_text()  # base: the mean of 10 and 12
+
+
+def test_the_conventions_name_the_machine_its_float_kernels_and_torch():
+    """Cells depend on the CPU's vector extension and the versions: a table says which it was made with."""
+    info = types.SimpleNamespace(name="synthetic")
+    machine = report.conventions("demo", [0], info, {}, 1.0)["machine"]
+    assert torch.backends.cpu.get_cpu_capability() in machine and f"torch {torch.__version__}" in machine
+    assert f"{os.cpu_count()} CPU cores" in machine and platform.machine() in machine
