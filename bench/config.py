@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import importlib.util  # noqa: F401  gin's include error path uses importlib.util without importing it
 import inspect
+import logging
 import os
 import pathlib
 import re
@@ -132,12 +133,15 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
     """Parse gin files then bindings, in order, strictly (unknown names are errors); finalize the config.
 
     The caller imports the components first (``bench.registry``; ``bench.runner`` imports it), so a name is
-    unknown only if it really does not exist. Raises HarnessError with a one-line message naming the file or binding, and the nearest valid name.
+    unknown only if it really does not exist. Raises HarnessError with a one-line message naming the file or
+    binding, and the nearest valid name. A dict literal that gives a key twice is refused.
     Unless ``allow_imports``, gin ``import`` statements outside ``PROJECT_PACKAGES`` and dynamic registration
     are refused before they run (``check_gin_import``).
     """
+    _require_components()
     paths = [resolve_gin_file(name) for name in gin_files]
-    with _includes_relative_to_gin_dir(), _imports_checked(allow_imports), _include_cycles_refused():
+    with _includes_relative_to_gin_dir(), _imports_checked(allow_imports), _include_cycles_refused(), \
+            _duplicate_keys_refused(), _gin_logging_quiet():
         for name, path in zip(gin_files, paths):
             try:
                 gin.config.parse_config_file(str(path))  # the wrapper _include_cycles_refused installs
@@ -158,12 +162,21 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
 def parse_config_text(text: str) -> None:
     """Parse a whole config as ``gin.config_str()`` wrote it (e.g. in a worker process) and finalize it;
     its components must be registered already, as for ``parse_config``."""
+    _require_components()
     try:
-        with _includes_relative_to_gin_dir():
+        with _includes_relative_to_gin_dir(), _gin_logging_quiet():
             gin.parse_config(text)
         gin.finalize()
     except Exception as e:
         raise HarnessError(describe_gin_error(e, source="config")) from None
+
+
+def _require_components() -> None:
+    """A programming error, not the user's: the components were never imported, so every name would be
+    unknown."""
+    if not any(selector.endswith("Experiment") for selector, _ in gin.config._REGISTRY.items()):
+        raise RuntimeError("parse the config after importing bench.runner (it registers the Experiment and, "
+                           "through bench.registry, every component)")
 
 
 _LOCATION = re.compile(r'In file "([^"]+)", line (\d+)')
@@ -194,10 +207,74 @@ def describe_gin_error(error: BaseException, source: str) -> str:
         configurable, parameter = match.groups()
         return f"{where}: {first}{_did_you_mean(parameter, parameter_names(configurable))}"
     if isinstance(error, SyntaxError) or type(error).__name__ == "TokenError":
-        return f"{where}: cannot parse gin statement ({first})"
+        line, reason = _syntax_problem(error)
+        if line is not None and not where.startswith("--gin_binding") and ":" not in where.rsplit("/", 1)[-1]:
+            where = f"{where}:{line}"
+        return f"{where}: cannot parse gin statement: {reason}"
     if match := _IN_CALL.search(text):  # raised while gin built a component: name it and its parameter
         return f"{where}: {_name_the_component(first, *match.groups())}"
     return f"{where}: {first}"
+
+
+def _syntax_problem(error: BaseException) -> tuple[int | None, str]:
+    """(line, reason) of a gin SyntaxError or a tokenize error, without Python's internals in the reason."""
+    if type(error).__name__ == "TokenError":  # ('EOF in multi-line statement', (line, column))
+        line = error.args[1][0] if len(error.args) > 1 and error.args[1] else None
+        return line, "the text ends inside a statement (a bracket or quote is never closed, or a line ends with ',')"
+    message = str(getattr(error, "msg", error))
+    if token := re.search(r"Failed to parse token '(.*)'", message):
+        reason = (f"{token.group(1)!r} is not a value (strings need quotes, a component is @Name or @Name(), a "
+                  "macro %NAME)")
+    else:
+        reason = re.sub(r"\s*<[^>]* object at 0x[0-9a-f]+>", "", message.strip().splitlines()[0]).rstrip(" :")
+    return getattr(error, "lineno", None), reason
+
+
+@contextlib.contextmanager
+def _gin_logging_quiet() -> Iterator[None]:
+    # gin logs a missing include as an ERROR line of its own before raising; the raised error is reported.
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _duplicate_keys_refused() -> Iterator[None]:
+    # gin builds a dict literal from its (key, value) items with dict(), which keeps the last of two equal
+    # keys: ``{'none': @a, 'none': @b}`` would silently be one row. Each dict's keys are collected as they
+    # are parsed, and a repeated one is a syntax error at that dict.
+    parser = gin.config_parser.ConfigParser
+    container, item = parser._maybe_parse_container, parser._parse_dict_item
+
+    def parse_container(self):
+        if self._current_token.string != "{":
+            return container(self)
+        location = self._current_location()
+        stack = self.__dict__.setdefault("_sam3d_dict_keys", [])
+        stack.append([])
+        try:
+            parsed = container(self)
+        finally:
+            keys = stack.pop()
+        repeated = sorted({repr(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            self._raise_syntax_error(f"key {', '.join(repeated)} appears twice in a dict; each key must be "
+                                     "given once (the second would silently replace the first)", location)
+        return parsed
+
+    def parse_item(self):
+        key, value = item(self)
+        self._sam3d_dict_keys[-1].append(key)
+        return key, value
+
+    parser._maybe_parse_container, parser._parse_dict_item = parse_container, parse_item
+    try:
+        yield
+    finally:
+        parser._maybe_parse_container, parser._parse_dict_item = container, item
 
 
 def _name_the_component(message: str, configurable: str, scope: str | None) -> str:

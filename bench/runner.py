@@ -27,7 +27,7 @@ from bench.provenance import provenance_tags
 from bench.results_layout import ResultsLayout
 from bench.row_context import RowContext
 from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe
-from bench.validation import validate_rows
+from bench.validation import check_table, validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
 from infra import distributed, progress, startup, steps, timing
@@ -104,7 +104,9 @@ class Experiment:
             layout = ResultsLayout.at(results_dir)
         # --- every row is built and checked now (values, splits, input files), so that a bad one fails
         #     before any training
-        validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
+        built = validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
+        if self.table is not None:
+            check_table(self.table, built, self.dataset.info.name, self.tasks)
         config_text = gin.config_str()
         jobs, to_compute = self._jobs(layout)
         # Rows answered from the result cache cost a file read: worker processes (each importing torch and

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import gin
 
 from bench.seed_statistics import finite_values, paired_comparison, seed_summary
+from infra.checks import check_number
 
 if TYPE_CHECKING:  # pandas costs half a second to import; only commands that build tables pay it
     import pandas as pd
@@ -75,23 +76,48 @@ class TableSpec:
     mdd_power: float = 0.5
 
     def __post_init__(self):
-        if not self.rows or not self.columns:
-            raise ValueError(f"TableSpec {self.name!r}: rows and columns must not be empty")
+        _check_text("name", self.name)
+        _check_mapping("rows", self.rows, "row name -> paper row ('' for none)", allow_empty_values=True)
+        _check_text("baseline_row", self.baseline_row)
+        if isinstance(self.columns, str) or not isinstance(self.columns, Sequence) or not self.columns \
+                or not all(isinstance(c, str) and c for c in self.columns):
+            raise ValueError(f"TableSpec.columns: expected a non-empty list of metric keys, got {self.columns!r}")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"TableSpec.columns: {self.columns!r} names a column twice")
+        _check_text("paper_table", self.paper_table, allow_empty=True)
+        if self.paper_table and not (PAPER_DIR / f"{self.paper_table}.csv").is_file():
+            raise ValueError(f"TableSpec.paper_table: {self.paper_table!r} is none of the paper's tables "
+                             f"({', '.join(sorted(p.stem for p in PAPER_DIR.glob('*.csv')))})")
+        for field in ("paper_columns", "paper_groups"):
+            _check_mapping(field, getattr(self, field), "our column -> the paper's", allow_empty=True)
+        if isinstance(self.notes, str) or not all(isinstance(n, str) for n in self.notes):
+            raise ValueError(f"TableSpec.notes: expected a list of strings, got {self.notes!r}")
         if self.baseline_row not in self.rows:
-            raise ValueError(f"TableSpec {self.name!r}: baseline_row {self.baseline_row!r} is not one of rows {list(self.rows)}")
+            raise ValueError(f"TableSpec.baseline_row: {self.baseline_row!r} is not one of its rows {list(self.rows)}")
         for field in ("paper_columns", "paper_groups"):
             unknown = set(getattr(self, field)) - set(self.columns)
             if unknown:
-                raise ValueError(f"TableSpec {self.name!r}: {field} name columns not in columns: {sorted(unknown)}")
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"TableSpec {self.name!r}: alpha: expected 0 < alpha < 1, got {self.alpha}")
-        if not 0.5 <= self.mdd_power < 1.0:
-            raise ValueError(f"TableSpec {self.name!r}: mdd_power: expected 0.5 <= mdd_power < 1, got {self.mdd_power}")
+                raise ValueError(f"TableSpec.{field}: names columns that are not in columns: {sorted(unknown)}")
+        check_number("TableSpec.alpha", self.alpha, 0.0, 1.0, low_open=True, high_open=True)
+        check_number("TableSpec.mdd_power", self.mdd_power, 0.5, 1.0, high_open=True)
 
     def paper_ref(self, row: str, column: str) -> str:
         """The paper row beside ``row`` in ``column``: ``rows[row]``, under ``paper_groups[column]`` if set."""
         ref, group = self.rows[row], self.paper_groups.get(column, "")
         return f"{group}/{ref}" if ref and group else ref
+
+
+def _check_text(field: str, value, allow_empty: bool = False) -> None:
+    if not isinstance(value, str) or not (value or allow_empty):
+        raise ValueError(f"TableSpec.{field}: expected a {'' if allow_empty else 'non-empty '}string, got {value!r}")
+
+
+def _check_mapping(field: str, value, what: str, allow_empty: bool = False, allow_empty_values: bool = False) -> None:
+    ok = isinstance(value, Mapping) and (value or allow_empty) and all(
+        isinstance(k, str) and k and isinstance(v, str) and (v or allow_empty_values) for k, v in value.items())
+    if not ok:
+        raise ValueError(f"TableSpec.{field}: expected a {'' if allow_empty else 'non-empty '}dict of {what} "
+                         f"(strings), got {value!r}")
 
 
 # --- reading: MLflow runs and the paper's numbers

@@ -20,6 +20,7 @@ class SemanticSegmentationTask:
     """mIoU / mAcc / overall accuracy over the whole split (DESIGN 2.10)."""
 
     key = "seg"
+    metric_names = ("mIoU", "mAcc", "oAcc")  # the headline metrics, ``<dataset>/seg/<name>``
 
     def __init__(self):
         self._gt: list[np.ndarray] = []
@@ -60,6 +61,12 @@ class DetectionTask:
         self.key = f"det-{head}" if head else "det"
         self._scenes: list[dict[str, np.ndarray]] = []
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The headline metrics, ``<dataset>/<key>/<name>``: AP and AR at each threshold."""
+        tags = [f"{round(100 * t)}" for t in self.iou_thresholds]
+        return tuple(f"AP{t}" for t in tags) + tuple(f"AR{t}" for t in tags)
+
     def add(self, method, scene: Scene) -> None:
         detections = method.predict_detection(scene, head=self.head) if self.head else method.predict_detection(scene)
         self._scenes.append({"gt_boxes": scene.boxes, "gt_labels": scene.box_labels,
@@ -70,7 +77,7 @@ class DetectionTask:
         scores = evaluate_detection(self._scenes, self.iou_thresholds, len(info.det_classes))
         prefix = f"{info.name}/{self.key}"
         metrics = {}
-        for threshold in self.iou_thresholds:
+        for threshold in self.iou_thresholds:  # names as metric_names
             tag = f"{round(100 * threshold)}"
             metrics[f"{prefix}/AP{tag}"] = 100 * scores[threshold]["mAP"]
             metrics[f"{prefix}/AR{tag}"] = 100 * scores[threshold]["AR"]

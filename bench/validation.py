@@ -8,6 +8,7 @@ would repeat most of its points (``group_size`` far above the points it is drawn
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import pathlib
 from collections.abc import Callable, Iterator, Mapping
@@ -68,6 +69,30 @@ def validate_rows(rows: Mapping[str, Callable], dataset, train_split: str, eval_
     for line in dict.fromkeys(warnings):
         print(f"warning: {line}")
     return built
+
+
+def check_table(table, built: Mapping[str, object], dataset_name: str, task_factories) -> None:
+    """HarnessError in one line unless ``table`` (a ``TableSpec``) shows rows the experiment runs and columns
+    some row reports (the rows' ``metric_keys`` with the experiment's tasks), nearest names suggested."""
+    unknown = [row for row in table.rows if row not in built]
+    if unknown:
+        raise HarnessError(f"TableSpec.rows: {unknown[0]!r} is not a row of the experiment"
+                           f"{_nearest(unknown[0], built)}; expected some of Experiment.rows {list(built)}")
+    tasks = [make_task() for make_task in task_factories]
+    reported: set[str] = set()
+    for row in built.values():
+        if not hasattr(row, "metric_keys"):  # a row that does not say what it reports: nothing to check against
+            return
+        reported |= row.metric_keys(dataset_name, tasks)
+    unknown = [column for column in table.columns if column not in reported]
+    if unknown:
+        raise HarnessError(f"TableSpec.columns: no row reports {unknown[0]!r}{_nearest(unknown[0], reported)}; "
+                           f"expected metric keys of the rows, e.g. {', '.join(sorted(reported)[:4])}")
+
+
+def _nearest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_split(dataset, split: str, why: str) -> None:

@@ -313,6 +313,13 @@ class FinetuneRow:
         stages = self.pretrain.stage_keys(context) if self.pretrain is not None else []
         return stages + list(self._keys(context)[1].values())
 
+    def metric_keys(self, dataset: str, tasks) -> set[str]:
+        """The headline metric keys this row reports with ``tasks`` (objects with ``key`` and ``metric_names``):
+        ``<dataset>/<metric_key>/<name>`` for each fine-tuning run and the metrics of its task."""
+        names = {task.key: task.metric_names for task in tasks}
+        return {f"{dataset}/{spec.metric_key}/{name}" for spec in self._specs()
+                for name in names.get(spec.task_key, ())}
+
     def components(self) -> dict[str, str]:
         """The row's resolved components, as MLflow params (so runs can be filtered by component)."""
         out = {"pretraining": "none"}

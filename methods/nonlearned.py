@@ -144,6 +144,10 @@ class NonLearnedBaseline:
         self.segmenter: HeightPriorSegmenter | None = None
         self.detector: ClusterBoxDetector | None = None
 
+    def metric_keys(self, dataset: str, tasks) -> set[str]:
+        """The headline metric keys this row reports: every task's (``<dataset>/<key>/<name>``)."""
+        return {f"{dataset}/{task.key}/{name}" for task in tasks for name in task.metric_names}
+
     def run(self, context) -> dict[str, float]:
         """A table row: fit on the train split and evaluate with the context's tasks."""
         return context.fit_and_evaluate(self)

@@ -25,6 +25,12 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def test_a_missing_include_is_one_line_and_nothing_else(tmp_path):
+    (tmp_path / "inc.gin").write_text("include 'nope/missing.gin'\n")
+    line = _one_line_error(_run(f"--gin={tmp_path / 'inc.gin'}", "--results_dir", str(tmp_path / "r")))
+    assert "inc.gin:1: gin include not found: nope/missing.gin" in line
+
+
 def test_help():
     result = _run("--help")
     assert result.returncode == 0 and "--gin_binding" in result.stdout and "results/runs" in result.stdout

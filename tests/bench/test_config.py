@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import bench.runner  # noqa: F401  registers the Experiment and every component
 from bench.config import GIN_DIR, config_bindings, parse_config
 from infra.errors import HarnessError
 
@@ -107,6 +108,27 @@ def test_missing_gin_file_and_missing_include():
 
 def test_unparsable_binding():
     assert "cannot parse" in _error(["demo.gin"], ["Experiment.seeds 3"])
+
+
+def test_a_parse_error_names_the_line_and_says_what_is_wrong_in_words(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("include 'demo.gin'\nExperiment.seeds = (1,\n  foo\n")
+    message = _error([str(bad)])
+    assert "bad.gin:3: cannot parse gin statement: 'foo' is not a value" in message and " object at 0x" not in message
+    bad.write_text("include 'demo.gin'\nExperiment.seeds = (1,\n")
+    assert "bad.gin:3: cannot parse gin statement: the text ends inside a statement" in _error([str(bad)])
+    message = _error(["demo.gin"], ["Experiment.seeds = three"])
+    assert message.startswith("--gin_binding 'Experiment.seeds = three': cannot parse") and "'three' is not" in message
+
+
+def test_a_key_given_twice_in_a_dict_is_refused(tmp_path):
+    message = _error(["demo.gin"], ["Experiment.rows = {'a': @NonLearnedBaseline, 'a': @NonLearnedBaseline}"])
+    assert "key 'a' appears twice in a dict" in message
+    bad = tmp_path / "twice.gin"
+    bad.write_text("include 'demo.gin'\nExperiment.rows = {\n  'a': @NonLearnedBaseline,\n"
+                   "  'b': {'x': 1, 'x': 2},\n}\n")
+    assert "twice.gin:4" in _error([str(bad)]) and "key 'x' appears twice" in _error([str(bad)])
+    parse_config(["demo.gin"], ["Experiment.rows = {'a': @NonLearnedBaseline, 'b': @NonLearnedBaseline}"])
 
 
 def test_config_bindings_reads_single_and_multi_line_values():

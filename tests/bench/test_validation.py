@@ -8,8 +8,9 @@ import pytest
 
 from bench.config import describe_gin_error, parse_config
 from bench.runner import Experiment
-from bench.validation import validate_rows
+from bench.validation import check_table, validate_rows
 from infra.errors import HarnessError
+from tests.conftest import REPO_ROOT
 
 TABLE = ["tables/table4_smoke.gin"]
 
@@ -109,3 +110,38 @@ def test_an_include_cycle_is_one_line_naming_the_files(tmp_path):
     message = str(info.value)
     assert "\n" not in message and "gin include cycle" in message
     assert f"{tmp_path / 'a.gin'} -> {tmp_path / 'b.gin'} -> {tmp_path / 'a.gin'}" in message
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("TableSpec.rows = ['none', 'stage1']", "TableSpec.rows: expected a non-empty dict of row name -> paper row"),
+    ("TableSpec.columns = 'synthetic/seg/mIoU'", "TableSpec.columns: expected a non-empty list of metric keys"),
+    ("TableSpec.columns = ['synthetic/seg/mIoU', 'synthetic/seg/mIoU']", "names a column twice"),
+    ("TableSpec.alpha = 'p'", "TableSpec.alpha: expected a number in (0, 1), got 'p'"),
+    ("TableSpec.paper_table = 'table9'", "TableSpec.paper_table: 'table9' is none of the paper's tables"),
+    ("TableSpec.notes = 'a note'", "TableSpec.notes: expected a list of strings"),
+])
+def test_a_bad_table_parameter_is_one_line_before_any_work(tmp_path, binding, expected):
+    assert expected in _error(tmp_path, [binding])
+
+
+def test_a_table_row_the_experiment_does_not_run_is_named_before_any_work(tmp_path):
+    message = _error(tmp_path, ["TableSpec.rows = {'stage1': '', 'stage_one': ''}"])
+    assert "TableSpec.rows: 'stage_one' is not a row of the experiment (did you mean 'stage1'?)" in message
+
+
+def test_a_column_no_row_reports_is_named_before_any_work(tmp_path):
+    message = _error(tmp_path, ["TableSpec.columns = ['synthetic/seg/mIoU', 'synthetic/det/AP99']",
+                                "TableSpec.paper_columns = {}"])
+    assert "TableSpec.columns: no row reports 'synthetic/det/AP99' (did you mean 'synthetic/det/AP50'?)" in message
+
+
+TABLE_LEAVES = sorted(p.name for p in (REPO_ROOT / "gin" / "tables").glob("*_smoke.gin")) + \
+    sorted(p.name for p in (REPO_ROOT / "gin" / "tables").glob("*_demo.gin"))
+
+
+@pytest.mark.parametrize("leaf", TABLE_LEAVES)
+def test_every_shipped_table_shows_rows_and_columns_its_experiment_has(leaf):
+    parse_config([f"tables/{leaf}"])
+    experiment = Experiment()
+    built = {name: factory() for name, factory in experiment.rows.items()}
+    check_table(experiment.table, built, experiment.dataset.info.name, experiment.tasks)
