@@ -3,7 +3,10 @@
 Every reader answers ``info``, ``splits``, ``num_scenes(split)``, ``scene_id(split, i)``, ``scene(split, i)``
 and a lazy ``scenes(split)`` (the runner, the caches and ``verify`` rely on exactly these).
 
-Points with a NaN or infinite coordinate are handled here, once for every reader, by the reader's
+Every scene a reader returns is checked here, once for every reader, field by field
+(``datasets.scene_checks``): a problem is a one-line ``DataError`` naming the scene and the file.
+
+Points with a NaN or infinite coordinate are handled here too, by the reader's
 ``non_finite`` policy (``NON_FINITE_POLICIES``): ``"drop"`` [choice, the default] removes them from every
 per-point field with one warning line naming the scene and counting them; ``"error"`` refuses the scene
 with a one-line ``DataError``. Left in, NaNs in a third of one ScanNet scene's points took mIoU from 19.7
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from datasets.scene_checks import field_problems
 from datasets.types import DatasetInfo, Scene, select_points
 from infra.errors import DataError
 
@@ -95,7 +99,13 @@ class SceneListDataset:
             raise
         except READ_ERRORS as e:
             raise DataError(f"{where}: {e}") from e
-        return drop_non_finite(scene, self.non_finite, where, self.points_source(scene_id))
+        scene = drop_non_finite(scene, self.non_finite, where, self.points_source(scene_id))
+        problems = field_problems(scene, self.info)
+        if problems:
+            field, message = problems[0]
+            more = f" (and {len(problems) - 1} more problems: python -m datasets verify)" if len(problems) > 1 else ""
+            raise DataError(f"{where}: {self.field_source(scene_id, field)}: {message}{more}")
+        return scene
 
     def scenes(self, split: str) -> Iterator[Scene]:
         """Lazily read the scenes of ``split`` in order (one in memory at a time)."""
@@ -108,3 +118,8 @@ class SceneListDataset:
     def points_source(self, scene_id: str) -> str:
         """The file (or folder) the coordinates of ``scene_id`` are read from, for messages."""
         raise NotImplementedError
+
+    def field_source(self, scene_id: str, field: str) -> str:
+        """The file a Scene field (``semantic``, ``boxes``, ...) of ``scene_id`` is read from, for messages;
+        readers that keep fields in files of their own say which (default: the points' file)."""
+        return self.points_source(scene_id)

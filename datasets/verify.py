@@ -22,12 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from datasets.types import IGNORE_INDEX, DatasetInfo, Scene
-
-# Expected (dtype, ndim, columns) of each Scene array (datasets/types.py); None = any column count.
-_SCENE_ARRAYS = {"points": (np.float32, 2, 3), "colors": (np.uint8, 2, 3), "semantic": (np.int32, 1, None),
-                 "instance": (np.int32, 1, None), "boxes": (np.float32, 2, 7), "box_labels": (np.int32, 1, None),
-                 "box_instance": (np.int32, 1, None)}
+from datasets.scene_checks import field_problems
+from datasets.types import DatasetInfo, Scene
 
 
 def one_line(exc: BaseException) -> str:
@@ -48,39 +44,8 @@ def add_problem(report: dict, message: str, split: str | None = None, scene_id: 
 
 
 def scene_problems(scene: Scene, info: DatasetInfo) -> list[str]:
-    """What is wrong with a loaded scene: dtypes and shapes of ``datasets/types.py``, lengths, label ranges."""
-    problems = []
-    for name, (dtype, ndim, cols) in _SCENE_ARRAYS.items():
-        a = getattr(scene, name)
-        if a.dtype != dtype or a.ndim != ndim or (cols is not None and a.shape[1] != cols):
-            problems.append(f"{name}: {a.dtype} {a.shape}, expected {np.dtype(dtype)} with {ndim} dims"
-                            + (f" and {cols} columns" if cols else ""))
-    if problems:
-        return problems
-    n = scene.num_points
-    if n == 0:
-        problems.append("empty: 0 points")
-    for name in ("colors", "semantic", "instance"):
-        if len(getattr(scene, name)) != n:
-            problems.append(f"{name}: {len(getattr(scene, name))} values for {n} points")
-    if len(scene.box_labels) != len(scene.boxes) or len(scene.box_instance) != len(scene.boxes):
-        problems.append(f"{len(scene.boxes)} boxes but {len(scene.box_labels)} labels, "
-                        f"{len(scene.box_instance)} instance ids")
-    bad = int(n - np.count_nonzero(np.isfinite(scene.points).all(axis=1)))
-    if bad:
-        problems.append(f"{bad} of {n} points have non-finite (NaN/inf) coordinates (readers drop them by default, "
-                        "or refuse the scene with non_finite='error')")
-    if not np.isfinite(scene.boxes).all():
-        problems.append("non-finite box parameters")
-    sem = scene.semantic
-    if len(sem) and (sem.min() < IGNORE_INDEX or sem.max() >= len(info.seg_classes)):
-        problems.append(f"semantic ids {sem.min()}..{sem.max()} outside {IGNORE_INDEX}..{len(info.seg_classes) - 1}")
-    if len(scene.instance) and scene.instance.min() < 0:
-        problems.append("negative instance ids")
-    labels = scene.box_labels
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(info.det_classes)):
-        problems.append(f"box labels {labels.min()}..{labels.max()} outside 0..{len(info.det_classes) - 1}")
-    return problems
+    """What is wrong with a loaded scene (``datasets.scene_checks``: every field's dtype, shape and range)."""
+    return [message for _, message in field_problems(scene, info)]
 
 
 def scene_entry(split: str, scene_id: str, scene: Scene | None, info: DatasetInfo) -> dict:

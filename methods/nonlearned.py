@@ -19,6 +19,8 @@ def room_coordinates(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stray points); this assumes an upright, axis-aligned room, as ScanNet's aligned scans and the
     synthetic rooms are.
     """
+    if len(points) == 0:  # nothing to estimate the room from (a filter left no point)
+        return np.zeros(0), np.zeros(0)
     floor = np.percentile(points[:, 2], 1.0)
     low = np.percentile(points[:, :2], 0.5, axis=0)
     high = np.percentile(points[:, :2], 99.5, axis=0)
@@ -48,6 +50,8 @@ class HeightPriorSegmenter:
         if self._counts is None:
             self._counts = np.zeros((self.num_bins**2, self.num_classes), np.int64)
         keep = scene.semantic != ignore_index
+        if not keep.any():  # no labelled point (SUN RGB-D has none): nothing to count
+            return
         flat = self._bins(scene.points[keep]) * self.num_classes + scene.semantic[keep]
         self._counts += np.bincount(flat, minlength=self._counts.size).reshape(self._counts.shape)
 

@@ -124,6 +124,15 @@ class ScanNetExport(_ScanNetSplits):
     def points_source(self, scene_id: str) -> str:
         return str(export_path(self.root, scene_id, "vert"))
 
+    def field_source(self, scene_id: str, field: str) -> str:
+        labels = export_path(self.root, scene_id, "sem_label")
+        instances = export_path(self.root, scene_id, "ins_label")
+        if field.startswith("box"):
+            files = [self.root / f"{scene_id}_bbox.npy", self.root / f"{scene_id}_aligned_bbox.npy"]
+            found = next((p for p in files if p.is_file()), None) if self.use_bbox_file else None
+            return str(found) if found else f"{instances} (boxes from the instances)"
+        return str({"semantic": labels, "instance": instances}.get(field, self.points_source(scene_id)))
+
 
 @gin.register
 class ScanNetBin(_ScanNetSplits):
@@ -158,6 +167,11 @@ class ScanNetBin(_ScanNetSplits):
 
     def points_source(self, scene_id: str) -> str:
         return str(self.root / "points" / f"{scene_id}.bin")
+
+    def field_source(self, scene_id: str, field: str) -> str:
+        masks = {"semantic": "semantic_mask", "instance": "instance_mask", "boxes": "instance_mask",
+                 "box_labels": "semantic_mask", "box_instance": "instance_mask"}
+        return str(self.root / masks.get(field, "points") / f"{scene_id}.bin")
 
 
 @gin.register

@@ -13,11 +13,14 @@ import pathlib
 
 import numpy as np
 
-from datasets.scannet.labels import nyu40_to_det, nyu40_to_seg
+from datasets.scannet.labels import NUM_NYU40, nyu40_to_det, nyu40_to_seg
+from datasets.scene_checks import box_problems
 from datasets.types import Scene
 
 EXPORT_LAYOUT = ("<scene>_vert[_all].npy (N,6) xyz+rgb, _sem_label[_all].npy (N,) NYU40, _ins_label[_all].npy (N,), "
                  "optional _axis_align_matrix.npy (4,4)")
+NYU40 = "NYU40 class ids (0 = unannotated), as every ScanNet export writes them"
+INSTANCE = "instance ids (0 = none)"
 BIN_LAYOUT = "points/<scene>.bin float32 (N,6), semantic_mask/<scene>.bin int64 (N,), instance_mask/<scene>.bin int64"
 
 
@@ -44,6 +47,18 @@ def load_npy(path: pathlib.Path, layout: str, ndim: int, cols: int | None = None
     if integral and arr.dtype.kind == "f" and not (np.isfinite(arr).all() and np.array_equal(arr, np.round(arr))):
         raise ValueError(f"{path}: expected integer labels, got non-integral {arr.dtype} values; layout: {layout}")
     return arr
+
+
+def check_range(values: np.ndarray, path: pathlib.Path, low: int, high: int | None, what: str) -> np.ndarray:
+    """``values`` if all lie in ``low..high`` (``high`` None: no upper bound); else a one-line ValueError naming
+    the file and what the values should be."""
+    values = np.asarray(values)
+    if values.size and (values.min() < low or (high is not None and values.max() > high)):
+        outside = values[(values < low) | (values > high if high is not None else False)]
+        span = f"{outside.min():g}" if outside.min() == outside.max() else f"{outside.min():g}..{outside.max():g}"
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{path}: {outside.size} values {span} outside {bound}; expected {what}")
+    return values
 
 
 def load_bin(path: pathlib.Path, dtype: np.dtype, cols: int, layout: str, rows: int | None = None) -> np.ndarray:
@@ -150,8 +165,9 @@ def read_export_scene(folder: str | pathlib.Path, scene_id: str, use_bbox_file: 
     folder = pathlib.Path(folder)
     vert = load_npy(export_path(folder, scene_id, "vert"), EXPORT_LAYOUT, 2, cols=6)
     n = len(vert)
-    sem = load_npy(export_path(folder, scene_id, "sem_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
-    ins = load_npy(export_path(folder, scene_id, "ins_label"), EXPORT_LAYOUT, 1, rows=n, integral=True)
+    sem_path, ins_path = export_path(folder, scene_id, "sem_label"), export_path(folder, scene_id, "ins_label")
+    sem = check_range(load_npy(sem_path, EXPORT_LAYOUT, 1, rows=n, integral=True), sem_path, 0, NUM_NYU40, NYU40)
+    ins = check_range(load_npy(ins_path, EXPORT_LAYOUT, 1, rows=n, integral=True), ins_path, 0, None, INSTANCE)
     align_path = folder / f"{scene_id}_axis_align_matrix.npy"
     if align_path.is_file():
         align = load_npy(align_path, EXPORT_LAYOUT, 2, rows=4, cols=4)
@@ -164,6 +180,10 @@ def read_export_scene(folder: str | pathlib.Path, scene_id: str, use_bbox_file: 
     if use_bbox_file and bbox_path is not None:
         layout = "<scene>_bbox.npy or _aligned_bbox.npy (B,7) [cx,cy,cz,dx,dy,dz,nyu40 id], optional _bbox_idx.npy (B,)"
         bbox = load_npy(bbox_path, layout, 2, cols=7)
+        problems = box_problems(np.c_[bbox[:, :6], np.zeros(len(bbox))])
+        if problems:
+            raise ValueError(f"{bbox_path}: {problems[0]}")
+        check_range(np.round(bbox[:, 6]), bbox_path, 0, NUM_NYU40, f"NYU40 class ids in column 6; layout: {layout}")
         idx_path = folder / f"{scene_id}_bbox_idx.npy"
         idx = load_npy(idx_path, layout, 1, rows=len(bbox)) if idx_path.is_file() else None
         boxes = boxes_from_bbox_file(bbox, idx)
@@ -183,6 +203,7 @@ def read_bin_scene(root: str | pathlib.Path, scene_id: str) -> Scene:
     """
     root = pathlib.Path(root)
     points = load_bin(root / "points" / f"{scene_id}.bin", np.float32, 6, BIN_LAYOUT)
-    sem = load_bin(root / "semantic_mask" / f"{scene_id}.bin", np.int64, 1, BIN_LAYOUT, rows=len(points))
-    ins = load_bin(root / "instance_mask" / f"{scene_id}.bin", np.int64, 1, BIN_LAYOUT, rows=len(points))
+    sem_path, ins_path = root / "semantic_mask" / f"{scene_id}.bin", root / "instance_mask" / f"{scene_id}.bin"
+    sem = check_range(load_bin(sem_path, np.int64, 1, BIN_LAYOUT, rows=len(points)), sem_path, 0, NUM_NYU40, NYU40)
+    ins = check_range(load_bin(ins_path, np.int64, 1, BIN_LAYOUT, rows=len(points)), ins_path, 0, None, INSTANCE)
     return scene_from_arrays(scene_id, points, sem, ins)

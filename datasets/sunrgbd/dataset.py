@@ -71,6 +71,11 @@ class SunRgbdVotenet(SceneListDataset):
         return str(self.root / "depth" / f"{number:06d}.mat" if self.source == "depth"
                    else self.root / "lidar" / f"{number:06d}.npz")
 
+    def field_source(self, scene_id: str, field: str) -> str:
+        if field.startswith("box"):
+            return str(self.root / self.labels / f"{int(scene_id.rsplit('-', 1)[1]):06d}.txt")
+        return self.points_source(scene_id)
+
 
 def frame_scene(scene_id: str, points: np.ndarray, boxes: np.ndarray, labels: np.ndarray, frames) -> Scene:
     """The ``Scene`` of one SUN RGB-D frame: upright points (N x 6, rgb in [0, 1]), all unlabelled (SUN
