@@ -46,6 +46,8 @@ def conventions(profile: str, seeds: list[int], info, notes: dict[str, str], wal
         "teacher": notes.get("teacher", "none (no row pretrains)"),
         "masks": notes.get("masks", "none (no row pretrains)"),
         **({"fine-tuning": notes["fine-tuning"]} if "fine-tuning" in notes else {}),
+        **({"sizes": "; ".join(v for k, v in sorted(notes.items()) if k.startswith("size: "))}
+           if any(k.startswith("size: ") for k in notes) else {}),
         "machine": machine_description(device),
         "wall_time": f"{_minutes(wall_time_s)} (this invocation)",
         **({"compute": f"{_minutes(compute_s)} (every step the table used, summed over the steps, "

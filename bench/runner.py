@@ -27,7 +27,7 @@ from bench.provenance import provenance_tags
 from bench.results_layout import ResultsLayout
 from bench.row_context import RowContext
 from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe
-from bench.validation import check_table, validate_rows
+from bench.validation import check_memory, check_table, validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
 from infra import distributed, progress, startup, steps, timing
@@ -35,6 +35,7 @@ from infra.checks import check_integer
 from infra.errors import HarnessError
 from infra.io import atomic_write_json, atomic_write_text
 from infra.locks import step_lock
+from infra.machine import available_memory_bytes
 from infra.seeding import seed_everything
 
 
@@ -106,13 +107,16 @@ class Experiment:
         #     before any training
         built = validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
         if self.table is not None:
-            check_table(self.table, built, self.dataset.info.name, self.tasks)
+            self.table = check_table(self.table, built, self.dataset.info.name, self.tasks)
         config_text = gin.config_str()
         jobs, to_compute = self._jobs(layout)
         # Rows answered from the result cache cost a file read: worker processes (each importing torch and
         # building the experiment) would only slow such a re-run down.
         workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(),
                                   distributed.is_initialized())
+        accelerator = _uses_accelerator()
+        check_memory(built, self.dataset.info, 1 if accelerator else workers * distributed.local_world_size(),
+                     distributed.world_size(), available_memory_bytes("cuda" if accelerator else "cpu"))
         threads = _set_torch_threads(self.torch_threads)
         # Workers start now, so their start-up overlaps reaching the tracking store; they get no job
         # before it is reached.

@@ -8,6 +8,7 @@ would repeat most of its points (``group_size`` far above the points it is drawn
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import pathlib
@@ -71,23 +72,59 @@ def validate_rows(rows: Mapping[str, Callable], dataset, train_split: str, eval_
     return built
 
 
-def check_table(table, built: Mapping[str, object], dataset_name: str, task_factories) -> None:
-    """HarnessError in one line unless ``table`` (a ``TableSpec``) shows rows the experiment runs and columns
-    some row reports (the rows' ``metric_keys`` with the experiment's tasks), nearest names suggested."""
+def check_table(table, built: Mapping[str, object], dataset_name: str, task_factories):
+    """``table`` (a ``TableSpec``) as this invocation can fill it; HarnessError in one line where it cannot.
+
+    A table row the experiment does not run is a typo when it is close to a row that runs and that the table
+    does not name (error, with the nearest name); otherwise the invocation runs a subset of the table's rows
+    and the table leaves the others out (said once). The baseline row must run. Every column must be a
+    metric some row reports (the rows' ``metric_keys`` with the experiment's tasks).
+    """
     unknown = [row for row in table.rows if row not in built]
+    for row in unknown:
+        nearest = _nearest(row, [name for name in built if name not in table.rows])
+        if nearest or row == table.baseline_row:
+            raise HarnessError(f"TableSpec.rows: {row!r} is not a row of the experiment{nearest}; expected some "
+                               f"of Experiment.rows {list(built)}"
+                               + (" (the baseline row must run)" if row == table.baseline_row else ""))
     if unknown:
-        raise HarnessError(f"TableSpec.rows: {unknown[0]!r} is not a row of the experiment"
-                           f"{_nearest(unknown[0], built)}; expected some of Experiment.rows {list(built)}")
+        print(f"note: the table leaves out {', '.join(map(repr, unknown))}, which this invocation does not run")
+        table = dataclasses.replace(table, rows={k: v for k, v in table.rows.items() if k in built})
     tasks = [make_task() for make_task in task_factories]
     reported: set[str] = set()
     for row in built.values():
         if not hasattr(row, "metric_keys"):  # a row that does not say what it reports: nothing to check against
-            return
+            return table
         reported |= row.metric_keys(dataset_name, tasks)
     unknown = [column for column in table.columns if column not in reported]
     if unknown:
         raise HarnessError(f"TableSpec.columns: no row reports {unknown[0]!r}{_nearest(unknown[0], reported)}; "
                            f"expected metric keys of the rows, e.g. {', '.join(sorted(reported)[:4])}")
+    return table
+
+
+def check_memory(built: Mapping[str, object], info, processes: int, world_size: int,
+                 available: float | None) -> None:
+    """HarnessError in one line when a training step of some row would need more memory than each of the
+    ``processes`` processes of this machine has (``available`` bytes, None = unknown: not checked),
+    by ``methods.step_memory``'s estimate, naming what holds the most."""
+    if available is None:
+        return
+    budget = available / processes
+    worst = None
+    for row_name, row in built.items():
+        if hasattr(row, "step_memories"):
+            for step, memory in row.step_memories(info, world_size).items():
+                if memory.total > budget and (worst is None or memory.total > worst[2].total):
+                    worst = (row_name, step, memory)
+    if worst is not None:
+        row_name, step, memory = worst
+        share = f" for each of the {processes} worker processes" if processes > 1 else ""
+        raise HarnessError(f"row {row_name!r}, {step}: one training step would hold about "
+                           f"{memory.total / 2**30:.1f} GiB, most of it {memory.largest} "
+                           f"({memory.parts[memory.largest] / 2**30:.1f} GiB), more than the {budget / 2**30:.1f} GiB "
+                           f"this machine has free{share}; lower that size or TrainSchedule.batch_size"
+                           + (" or Experiment.workers" if processes > 1 else ""))
 
 
 def _nearest(name: str, candidates) -> str:

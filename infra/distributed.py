@@ -82,6 +82,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
+def local_world_size() -> int:
+    """Number of processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if is_initialized() else 1
+
+
 def rank() -> int:
     """This process's rank (0 without torchrun)."""
     return dist.get_rank() if is_initialized() else 0

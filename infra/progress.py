@@ -88,3 +88,13 @@ class TableProgress:
             line += f", about {duration(estimate)} left"
         print(line, flush=True)
         return line
+
+
+_SAID: set[str] = set()
+
+
+def note_once(text: str) -> None:
+    """Print ``note: <text>`` the first time this process is told it (a size capped to what the data has)."""
+    if text not in _SAID:
+        _SAID.add(text)
+        print(f"note: {text}", flush=True)

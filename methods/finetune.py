@@ -7,149 +7,27 @@ table trains nothing, and an interrupted fine-tune resumes from its last epoch.
 """
 from __future__ import annotations
 
-import math
-import pathlib
-
 import gin
 import torch
 
 from datasets.types import Detections, Scene
-from infra import timing
-from infra.errors import DataError
-from infra.fingerprint import fingerprint
-from infra.seeding import derive_seed, torch_seeded
+from infra.progress import note_once
 from methods.detr_recipe import DetrRecipe
-from methods.downstream.detection import Detector3D, predict_batch
-from methods.downstream.scene_batch import SceneSamples, collate_scenes
+from methods.downstream.detection import Detector3D
 from methods.downstream.segmentation import (
     PointSegmenter,
     SegmentationObjective,
-    load_pretrained_encoder,
     predict_scene_labels,
 )
 from methods.encoder import EncoderSpec
+from methods.finetune_spec import DetectionSpec, FinetuneSpec
 from methods.learning_curve import LearningCurve
-from methods.protocols import FullFinetune
-from methods.train import TrainSchedule, train
-
-
-class _Finetune:
-    """What segmentation and detection fine-tuning share: the encoder, the tokens, the schedule, the
-    protocol, the learning rates, caching."""
-
-    task = ""
-
-    def __init__(self, *, tokenizer, encoder: EncoderSpec | None, num_points: int, schedule: TrainSchedule | None,
-                 augment: bool, protocol=None, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0,
-                 curve: LearningCurve | None = None):
-        if not encoder_lr_scale >= 0:
-            raise ValueError(f"{type(self).__name__}.encoder_lr_scale: expected a value >= 0, got {encoder_lr_scale}")
-        if not 0 < layer_decay <= 1:
-            raise ValueError(f"{type(self).__name__}.layer_decay: expected a value in (0, 1], got {layer_decay}")
-        self.tokenizer = tokenizer
-        self.encoder = encoder or EncoderSpec()
-        self.num_points = int(num_points)
-        self.schedule = schedule or TrainSchedule()
-        self.augment = augment
-        self.protocol = protocol or FullFinetune()
-        self.encoder_lr_scale = float(encoder_lr_scale)
-        self.layer_decay = float(layer_decay)
-        self.curve = curve
-
-    head = ""  # a FinetuneRow's detection_heads name theirs
-    model_name = ""  # what the tables' conventions call the model, e.g. "3DETR-style head"
-
-    @property
-    def task_key(self) -> str:
-        """The evaluation task this run's model answers: ``seg``, ``det``, or ``det-<head>``."""
-        return f"{self.task}-{self.head}" if self.head else self.task
-
-    @property
-    def description(self) -> str:
-        """Model and schedule, for the tables' conventions: ``GroupFree3D-style head, 60 epochs x batch 2``."""
-        model = f"{self.model_name}, " if self.model_name else ""
-        return f"{model}{self.schedule.epochs} epochs x batch {self.schedule.batch_size}"
-
-    @property
-    def metric_key(self) -> str:
-        """The task part of this run's metric keys: ``seg``, ``det-groupfree``, or ``seg-probe`` etc. for
-        other protocols."""
-        return self.task_key if self.protocol.name == "full" else f"{self.task_key}-{self.protocol.name}"
-
-    def step_seed(self, seed: int) -> int:
-        """The seed of everything random in this fine-tuning run (initialisation, data order, augmentation,
-        tokens, dropout): the row's ``seed`` and the task, the same for every row and protocol
-        (``infra.seeding``)."""
-        return derive_seed(seed, f"finetune/{self.task}")
-
-    def _encoder(self, pretrained_state, source: str) -> torch.nn.Module:
-        encoder = self.encoder.build()
-        load_pretrained_encoder(encoder, pretrained_state, source)
-        return encoder
-
-    def key(self, pretrain_key: str, scenes_key: str, seed: int, curve_key: str = "") -> str:
-        """Content key of the fine-tuned model: this configuration (protocol included), the pretraining
-        chain (``"none"``), the training scenes (their cache folder's name), the seed and, with a learning
-        curve, the scenes it is scored on (``curve_key``: they are in the run's history)."""
-        return fingerprint(self, pretrain_key, scenes_key, seed, *([curve_key] if self.curve else []))
-
-    def param_groups(self, model: torch.nn.Module) -> list[dict]:
-        """Optimiser groups with their learning-rate factors: the encoder's blocks at
-        ``encoder_lr_scale * layer_decay ** (depth - i)`` (block i of ``depth``; its embeddings as block 0
-        [prior: MAE's layer-wise decay]), every other parameter (the new head) at 1. Frozen parameters
-        are left out. 1 and 1 (the default) is 3DETR's and Bridge3D's single rate [prior]."""
-        encoder = model.encoder
-        depth = len(encoder.stack.blocks)
-        groups: dict[float, list] = {}
-
-        def add(params, scale):
-            groups.setdefault(scale, []).extend(p for p in params if p.requires_grad)
-
-        add(list(encoder.token_embed.parameters()) + list(encoder.pos_embed.parameters()),
-            self.encoder_lr_scale * self.layer_decay ** depth)
-        for i, block in enumerate(encoder.stack.blocks, start=1):
-            add(block.parameters(), self.encoder_lr_scale * self.layer_decay ** (depth - i))
-        add(encoder.stack.norm.parameters(), self.encoder_lr_scale)
-        own = {id(p) for p in encoder.parameters()}
-        add([p for p in model.parameters() if id(p) not in own], 1.0)
-        return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
-
-    def _fit(self, build, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
-        """Build the model (``build()`` -> (model, training objective)) from this run's seed, then train
-        (or resume, or reuse) it on the protocol's scenes and labels; returns (model, per-epoch history).
-
-        ``scorer`` (``scorer(model) -> metrics``, with a ``key`` naming its scenes) gives the learning
-        curve's points when ``curve`` is set."""
-        scorer = scorer if self.curve is not None else None
-        key = self.key(pretrain_key, scenes.folder.name, seed, scorer.key if scorer else "")
-        folder = pathlib.Path(cache_root) / "finetune" / f"{self.metric_key}-{key}"
-        step_seed = self.step_seed(seed)
-        name = f"finetune/{self.metric_key}"
-        with torch_seeded(step_seed), timing.span(name):
-            model, objective = build()
-        # Rotating an axis-aligned dataset (ScanNet) would give its boxes a yaw the model cannot predict.
-        rotation = math.pi if info.has_yaw else 0.0
-        labelled = self.protocol.labelled_points if self.protocol.uses_point_labels else None
-        data = SceneSamples(scenes, self.num_points, self.tokenizer, step_seed, augment=self.augment,
-                            max_rotation=rotation, indices=self.protocol.scene_indices(scenes), labelled=labelled)
-        if len(data) == 0:
-            raise DataError(f"{name}: no training scene in {info.name} ({len(scenes)} in the split, "
-                            f"{self.protocol.description}); expected at least one")
-        groups = self.param_groups(model)
-        single = len(groups) == 1 and groups[0]["lr_scale"] == 1.0
-        curve = None
-        if scorer is not None:
-            def curve(epoch: int) -> dict[str, float]:
-                if not self.curve.due(epoch, self.schedule.epochs):
-                    return {}
-                return {f"val_{k}": v for k, v in scorer(model).items()}
-        history = train(objective, data, collate_scenes, self.schedule, folder / "checkpoint.pt", step_seed,
-                        name=name, param_groups=None if single else groups, epoch_hook=curve)
-        return model, history
+from methods.step_memory import StepMemory
+from methods.train import TrainSchedule
 
 
 @gin.register
-class SegmentationFinetune(_Finetune):
+class SegmentationFinetune(FinetuneSpec):
     """Semantic segmentation on whole scenes (DESIGN 2.9): KNN tokens, the (pretrained) encoder, 3-NN feature
     propagation to every point, an MLP head, cross-entropy with the ignore index.
 
@@ -192,27 +70,13 @@ class SegmentationFinetune(_Finetune):
     def predict(self, model, scene: Scene, seed: int):
         return predict_scene_labels(model, scene, self.tokenizer, self.num_points, seed)
 
+    def values_per_point(self, info) -> float:
+        # propagated features, the concatenated input and its gradient (width each), fc1 / norm / ReLU /
+        # dropout (hidden each), logits and their log-softmax (classes each), labels and masks
+        return 3 * self.encoder.width + 4 * self.hidden + 3 * len(info.seg_classes) + 32
 
-class DetectionSpec(_Finetune):
-    """What both detection heads share (``DetrDetection``, ``GroupFreeDetection``): the protocols
-    detection takes (full fine-tune, limited reconstructions), post-processing and prediction."""
-
-    task = "det"
-
-    def __init__(self, *, objectness_threshold: float, nms_iou: float, **shared):
-        super().__init__(**shared)
-        if self.protocol.freeze_encoder or self.protocol.uses_point_labels:
-            raise ValueError(f"{type(self).__name__}.protocol: {type(self.protocol).__name__} applies to "
-                             "segmentation; detection takes @FullFinetune() or @LimitedReconstructions()")
-        self.objectness_threshold = objectness_threshold
-        self.nms_iou = nms_iou
-
-    def predict(self, model, scene: Scene, seed: int) -> Detections:
-        """Detections of ``scene`` in its own frame (tokens of a seeded, unaugmented point sample)."""
-        data = SceneSamples([scene], self.num_points, self.tokenizer, seed, augment=False)
-        batch = collate_scenes([data[0]])
-        return predict_batch(model, batch, batch["offset"], objectness_threshold=self.objectness_threshold,
-                             nms_iou=self.nms_iou)[0]
+    def head_parameters(self, info) -> float:
+        return (self.encoder.width + 6) * self.hidden + self.hidden * len(info.seg_classes)
 
 
 @gin.register
@@ -261,11 +125,15 @@ class DetrDetection(DetectionSpec):
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
 
+    def head_parameters(self, info) -> float:
+        w = self.encoder.width
+        return self.decoder_depth * (8 * w * w) + self.num_queries * w
+
 
 @gin.register
 class FinetuneRow:
     """A table row: (optional) pretraining, then fine-tuning for each configured task and protocol, then
-    evaluation, each fine-tuning run under its own metric keys (``_Finetune.metric_key``).
+    evaluation, each fine-tuning run under its own metric keys (``FinetuneSpec.metric_key``).
 
     Args:
       pretrain: a ``PretrainRow`` (e.g. ``@stage2/PretrainRow()``), or None for "no pretraining".
@@ -320,6 +188,12 @@ class FinetuneRow:
         return {f"{dataset}/{spec.metric_key}/{name}" for spec in self._specs()
                 for name in names.get(spec.task_key, ())}
 
+    def step_memories(self, info, world_size: int = 1) -> dict[str, StepMemory]:
+        """Each training step of the row (its pretraining stages, its fine-tuning runs) -> its memory estimate."""
+        steps = self.pretrain.step_memories(info, world_size) if self.pretrain is not None else {}
+        return {**steps, **{f"fine-tuning {spec.metric_key}": spec.step_memory(info, world_size)
+                            for spec in self._specs()}}
+
     def components(self) -> dict[str, str]:
         """The row's resolved components, as MLflow params (so runs can be filtered by component)."""
         out = {"pretraining": "none"}
@@ -368,6 +242,9 @@ class FinetuneRow:
         for spec in self._specs():
             model, history = spec.fit(state, key, scenes, context.dataset.info, context.cache_root, context.seed,
                                       self._scorer(context, spec))
+            for name, note in spec.size_notes(scenes).items():
+                context.notes.setdefault(name, note)
+                note_once(note)
             runs.append((spec, model))
             for epoch, values in enumerate(history):
                 context.log_metrics({f"finetune/{spec.metric_key}/{k}": v for k, v in values.items()}, epoch)

@@ -16,7 +16,7 @@ import gin
 
 from methods.downstream.detection import GroupFreeDetector, GroupFreeObjective
 from methods.encoder import EncoderSpec
-from methods.finetune import DetectionSpec
+from methods.finetune_spec import DetectionSpec
 from methods.learning_curve import LearningCurve
 from methods.train import TrainSchedule
 
@@ -117,3 +117,7 @@ class GroupFreeDetection(DetectionSpec):
             return model, self.recipe.objective(model)
 
         return self._fit(build, pretrain_key, scenes, info, cache_root, seed, scorer)
+
+    def head_parameters(self, info) -> float:
+        w = self.encoder.width
+        return self.decoder_depth * (4 * w * w + 2 * w * self.feedforward) + (self.decoder_depth + 1) * 2 * w * w

@@ -188,15 +188,15 @@ class FramePreparation:
         clock = timing.Stopwatch()
         with timing.span("preparation"):
             scenes = range(dataset.num_scenes(split))
-            frames = {i: done for i in scenes if (done := self._finished_scene(dataset, split, i, folder)) is not None}
-            todo = [i for i in scenes if i not in frames]
+            manifests = {i: done for i in scenes if (done := self._finished_scene(dataset, split, i, folder))}
+            todo = [i for i in scenes if i not in manifests]
             made, by_others = make_missing(
                 progress.bar(todo, desc=f"prepare {dataset.info.name}/{split}"),
                 lambda i: self._scene_step(dataset, split, i, folder),
                 lambda i: self._finished_scene(dataset, split, i, folder, quiet=True),
                 lambda i: self._prepare_scene(dataset, split, i, folder))
-            frames.update(made)
-            frame_ids = [f for index in sorted(frames) for f in frames[index]]
+            manifests.update(made)
+            frame_ids = [f for index in sorted(manifests) for f in manifests[index]["frames"]]
             if not frame_ids:
                 raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
                                 "(pretraining needs RGB-D frames attached to the scenes)")
@@ -204,11 +204,13 @@ class FramePreparation:
                                                    _groups_bytes, _decode_groups)
         if todo:
             progress.step(f"preparation {dataset.info.name}/{split}",
-                          f"{len(made) - by_others} of {len(frames)} scenes prepared in "
+                          f"{len(made) - by_others} of {len(manifests)} scenes prepared in "
                           f"{progress.duration(clock.seconds)}"
                           + (f" ({by_others} by another process)" if by_others else ""))
+        counts = [n for done in manifests.values() for n in done.get("points", [None] * len(done["frames"]))]
+        most = max(counts) if counts and None not in counts else None  # manifests written before 2026-12 lack it
         return PreparedSplit(folder, frame_ids, groups, self, dataset, split,
-                             key=self.data_key(dataset, split, cache_root))
+                             key=self.data_key(dataset, split, cache_root), most_points=most)
 
     @staticmethod
     def _scene_step(dataset, split: str, index: int, folder: pathlib.Path) -> CachedStep:
@@ -224,22 +226,23 @@ class FramePreparation:
                           what="groups file", redo="recomputing")
 
     def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path,
-                        quiet: bool = False) -> list[str] | None:
-        """The frame ids of a scene whose manifest and frame files are complete, else None (a manifest
-        that fails its checksum or is malformed is reported and the scene prepared again)."""
+                        quiet: bool = False) -> dict | None:
+        """The manifest (``frames``, ``sizes``, ``points`` kept per frame, ...) of a scene whose frame files are
+        complete, else None (a manifest that fails its checksum or is malformed is reported and the scene
+        prepared again)."""
         done = self._scene_step(dataset, split, index, folder).load(_decode_manifest, quiet)
         if done is None:
             return None
         files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
         if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
-            return done["frames"]
+            return done
         return None
 
-    def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> list[str]:
+    def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> dict:
         clock = timing.Stopwatch()
         with timing.span("scene generation"):
             scene = dataset.scene(split, index)
-        frames, sizes, skipped = [], [], []
+        frames, sizes, points, skipped = [], [], [], []
         for frame in scene.frames:
             prepared = self.prepare_frame(frame)
             if prepared is None:
@@ -249,10 +252,11 @@ class FramePreparation:
             write_cache_file(frame_step(folder, frame.frame_id).path, data)
             frames.append(frame.frame_id)
             sizes.append(len(data))
+            points.append(len(prepared.xyz))
         seconds = clock.seconds
-        record = {"frames": frames, "sizes": sizes, "skipped_no_depth": skipped, "seconds": seconds}
+        record = {"frames": frames, "sizes": sizes, "points": points, "skipped_no_depth": skipped, "seconds": seconds}
         self._scene_step(dataset, split, index, folder).save(json.dumps(record).encode("utf-8"), seconds)
-        return frames
+        return record
 
     def load_or_recompute(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> PreparedFrame:
         """The prepared frame ``frame_id``; a file that fails its checksum or validation is reported and
@@ -297,8 +301,10 @@ class FramePreparation:
 class PreparedSplit:
     """The prepared frames of a split, read lazily from the cache, with the re-weighting groups."""
 
-    def __init__(self, folder, frame_ids, groups, preparation, dataset, split, key: str = ""):
+    def __init__(self, folder, frame_ids, groups, preparation, dataset, split, key: str = "",
+                 most_points: int | None = None):
         self.folder = pathlib.Path(folder)
+        self.most_points = most_points  # the most points any frame kept (None: not recorded)
         self.key = key or self.folder.name  # the content key of the frames and groups (data_key)
         self.frame_ids = list(frame_ids)
         self.groups = groups

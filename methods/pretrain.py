@@ -16,8 +16,19 @@ import torch
 from infra import timing
 from infra.distributed import main_first
 from infra.fingerprint import fingerprint
+from infra.progress import note_once
 from infra.seeding import derive_seed, torch_seeded
 from methods.batching import TokenizedFrames, collate
+from methods.encoder import EncoderSpec
+from methods.step_memory import (
+    FLOAT_BYTES,
+    StepMemory,
+    block_values,
+    encoder_parameters,
+    encoder_parts,
+    parameter_part,
+    point_parts,
+)
 from methods.tokenizers.report import stage_token_report
 from methods.train import TrainSchedule, train
 
@@ -57,6 +68,28 @@ class PretrainStage:
         """The seed of everything random in this stage (initialisation, data order, tokens, masks,
         drop-path): the row's ``seed`` and the stage's place in its chain (``infra.seeding``)."""
         return derive_seed(seed, f"pretrain/{self.depth}")
+
+    def step_memory(self, points_per_frame: int, world_size: int = 1) -> StepMemory:
+        """The estimate of one training step of this stage in one process (``methods.step_memory``): every
+        token through the encoder (masking only shrinks it), the decoder's blocks, reconstructed points."""
+        encoder = getattr(self.objective, "encoder", None) or EncoderSpec()
+        decoder = getattr(self.objective, "decoder", None)
+        batch = max(1, self.schedule.batch_size // world_size)
+        tokens, group = self.tokenizer.num_tokens, self.tokenizer.group_size
+        where = f"{self.name} stage"
+        parts = encoder_parts(encoder, tokens, group, batch, where)
+        parameters = encoder_parameters(encoder)
+        if decoder is not None:
+            parts[f"{where}: {tokens} tokens x batch {batch} through {decoder.depth} decoder blocks (DecoderSpec)"] = \
+                batch * tokens * decoder.depth * block_values(encoder.width, decoder.mlp_ratio) * FLOAT_BYTES
+            parameters *= 2  # the decoder, and a teacher copy of the encoder where the objective keeps one
+        reconstructed = getattr(self.objective, "num_points", 0)
+        if reconstructed:
+            name = f"{where}: {type(self.objective).__name__}.num_points = {reconstructed} points per token"
+            parts[name] = batch * tokens * reconstructed * 3 * 3 * FLOAT_BYTES
+        parts.update(point_parts("FramePreparation", points_per_frame, batch, 0.0))
+        parts.update(parameter_part(parameters, encoder))
+        return StepMemory(parts)
 
     def run(self, prepared, data_key: str, cache_root: pathlib.Path, seed: int) -> dict:
         """Train (or resume, or reuse) this stage after the ones before it; returns ``encoder`` (the state
@@ -138,6 +171,12 @@ class PretrainRow:
         context.notes.setdefault("pretraining data", f"{dataset.info.name}/{split}")
         context.notes.setdefault("teacher", self.preparation.teacher.description)
         context.notes.setdefault("masks", self.preparation.mask_source.description)
+        wanted = self.preparation.points_per_frame
+        if prepared.most_points is not None and prepared.most_points < wanted:
+            note = (f"FramePreparation.points_per_frame = {wanted} is more than any frame has (at most "
+                    f"{prepared.most_points}): every frame keeps all its points")
+            context.notes.setdefault("size: points_per_frame", note)
+            note_once(note)
         result = self.stage.run(prepared, prepared.key, context.cache_root, context.seed)
         stage = self.stage
         while stage is not None:  # what each stage's first-epoch tokens cover (methods/tokenizers/report.py)
@@ -151,6 +190,14 @@ class PretrainRow:
             metrics[f"pretrain/{name}/loss_first"] = history[0]["loss"]
             metrics[f"pretrain/{name}/loss_last"] = history[-1]["loss"]
         return Pretrained(result["encoder"], self.stage.key(prepared.key, context.seed), metrics)
+
+    def step_memories(self, info=None, world_size: int = 1) -> dict[str, StepMemory]:
+        """Each stage of the chain -> its step's memory estimate (``methods.step_memory``)."""
+        out, stage = {}, self.stage
+        while stage is not None:
+            out[f"pretraining stage {stage.name}"] = stage.step_memory(self.preparation.points_per_frame, world_size)
+            stage = stage.previous
+        return out
 
     def components(self) -> dict[str, str]:
         """The chain's resolved components (stage names, objectives, tokenizers, re-weighting), as params."""

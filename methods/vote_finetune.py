@@ -26,7 +26,7 @@ from datasets.types import Detections, Scene
 from methods.downstream.detection.vote_group import VoteGroupDetector, VoteGroupObjective, cluster_features, group_votes
 from methods.downstream.scene_batch import scene_sample, scene_tokens
 from methods.encoder import EncoderSpec
-from methods.finetune import DetectionSpec
+from methods.finetune_spec import DetectionSpec
 from methods.learning_curve import LearningCurve
 from methods.train import TrainSchedule
 
@@ -81,6 +81,13 @@ class VoteGroupDetection(DetectionSpec):
         self.fit_heading = bool(fit_heading)
         self.weights = dict(weight_cls=weight_cls, weight_offset=weight_offset, weight_size=weight_size,
                             weight_heading=weight_heading, weight_cluster=weight_cluster)
+
+    def values_per_point(self, info) -> float:
+        # propagated features and the trunk's input (width), two Linear -> LayerNorm -> ReLU (hidden each), outputs
+        return 3 * self.encoder.width + 6.5 * self.hidden + 3 * (len(info.det_classes) + 10) + 32
+
+    def head_parameters(self, info) -> float:
+        return (self.encoder.width + 6) * self.hidden + 3 * self.hidden * self.hidden
 
     def fit(self, pretrained_state, pretrain_key: str, scenes, info, cache_root, seed: int, scorer=None):
         """Train (or resume, or reuse) the detector; returns (model, per-epoch history)."""

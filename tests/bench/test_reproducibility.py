@@ -123,7 +123,8 @@ def test_a_failing_row_in_a_worker_fails_its_run_in_one_line(tmp_path):
     # the preparation inside a worker.
     with pytest.raises(HarnessError, match="found no region in any frame"):
         _run(tmp_path, ["Experiment.workers = 2", "RenderedMaskSource.drop_small = 1_000_000",
-                        "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}"])
+                        "Experiment.rows = {'DD': @dd/FinetuneRow, 'DD+MTP': @dd_mtp/FinetuneRow}",
+                        "TableSpec.baseline_row = 'DD'"])
     client = MlflowClient(ResultsLayout(tmp_path).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("table3").experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]

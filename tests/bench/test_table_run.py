@@ -113,3 +113,17 @@ def test_an_interrupted_table_continues_where_it_stopped(tmp_path):
             f"epoch {epochs_done})") in again.stdout
     # A log that is not a terminal gets progress lines, not per-epoch bars full of carriage returns.
     assert "\r" not in again.stdout + again.stderr
+
+
+def test_a_size_above_what_the_data_has_is_said_once_and_under_the_table(tmp_path, capsys):
+    gin.clear_config()
+    parse_config(["tables/table4_smoke.gin"], ["FramePreparation.points_per_frame = 1_000_000",
+                                               "SegmentationFinetune.num_points = 6_000"])
+    folder = Experiment().run(tmp_path)
+    out = capsys.readouterr().out
+    frames = [line for line in out.splitlines() if line.startswith("note: FramePreparation.points_per_frame")]
+    assert len(frames) == 1 and "is more than any frame has (at most 3072): every frame keeps all its points" in frames[0]
+    assert sum(line.startswith("note: SegmentationFinetune.num_points = 6000 is more than 1 of the 2 training")
+               for line in out.splitlines()) == 1
+    sizes = next(line for line in (folder / "table4.md").read_text().splitlines() if line.startswith("- sizes:"))
+    assert "points_per_frame = 1000000" in sizes and "SegmentationFinetune.num_points = 6000" in sizes

@@ -6,6 +6,7 @@ import json
 import gin
 import pytest
 
+import bench.runner
 from bench.config import describe_gin_error, parse_config
 from bench.runner import Experiment
 from bench.validation import check_table, validate_rows
@@ -124,9 +125,21 @@ def test_a_bad_table_parameter_is_one_line_before_any_work(tmp_path, binding, ex
     assert expected in _error(tmp_path, [binding])
 
 
-def test_a_table_row_the_experiment_does_not_run_is_named_before_any_work(tmp_path):
-    message = _error(tmp_path, ["TableSpec.rows = {'stage1': '', 'stage_one': ''}"])
-    assert "TableSpec.rows: 'stage_one' is not a row of the experiment (did you mean 'stage1'?)" in message
+def test_a_misspelled_table_row_is_named_before_any_work(tmp_path):
+    message = _error(tmp_path, ["TableSpec.rows = {'stage1': '', 'stage1+stage 2': ''}"])
+    assert "TableSpec.rows: 'stage1+stage 2' is not a row of the experiment (did you mean 'stage1+stage2'?)" in message
+    gin.clear_config()
+    message = _error(tmp_path, ["Experiment.rows = {'stage1+stage2': @ours/FinetuneRow}"])
+    assert "TableSpec.rows: 'stage1' is not a row of the experiment" in message and "the baseline row must run" in message
+
+
+def test_a_table_leaves_out_the_rows_an_invocation_does_not_run(capsys):
+    parse_config(TABLE, ["Experiment.rows = {'stage1': @s1/FinetuneRow, 'stage1+stage2': @ours/FinetuneRow}"])
+    experiment = Experiment()
+    built = {name: factory() for name, factory in experiment.rows.items()}
+    table = check_table(experiment.table, built, experiment.dataset.info.name, experiment.tasks)
+    assert list(table.rows) == ["stage1", "stage1+stage2"]
+    assert "note: the table leaves out 'stage1, twice the epochs', 'stage1+MTP same stage'" in capsys.readouterr().out
 
 
 def test_a_column_no_row_reports_is_named_before_any_work(tmp_path):
@@ -145,3 +158,29 @@ def test_every_shipped_table_shows_rows_and_columns_its_experiment_has(leaf):
     experiment = Experiment()
     built = {name: factory() for name, factory in experiment.rows.items()}
     check_table(experiment.table, built, experiment.dataset.info.name, experiment.tasks)
+
+
+@pytest.fixture
+def eight_gib(monkeypatch):
+    """A machine with 8 GiB free, whatever this one has (the check compares estimates with it)."""
+    monkeypatch.setattr(bench.runner, "available_memory_bytes", lambda device: 8 * 2**30)
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("SegmentationFinetune.num_points = 5_000_000", "SegmentationFinetune.num_points = 5000000 points x batch 2"),
+    ("downstream/KnnTokenizer.num_tokens = 200_000", "200000 tokens x 16 points x batch 2 through the mini-PointNet"),
+    ("finetune_seg/TrainSchedule.batch_size = 100_000", "x batch 100000"),
+    ("EncoderSpec.depth = 50_000", "(EncoderSpec width 32, depth 50000, and the heads)"),
+])
+def test_a_step_too_large_for_the_machine_is_one_line_before_any_work(tmp_path, eight_gib, binding, expected):
+    message = _error(tmp_path, [binding])
+    assert "one training step would hold about" in message and expected in message, message
+    assert "more than the 8.0 GiB this machine has free" in message
+
+
+def test_the_memory_check_shares_the_machine_between_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.runner, "available_memory_bytes", lambda device: 6 * 2**30)
+    monkeypatch.setattr(bench.runner, "resolve_workers", lambda *args: 3)
+    message = _error(tmp_path, ["SegmentationFinetune.num_points = 200_000"])
+    assert "more than the 2.0 GiB this machine has free for each of the 3 worker processes" in message
+    assert message.endswith("or Experiment.workers")

@@ -220,7 +220,7 @@ def _info() -> DatasetInfo:
 
 
 class _Scenes(list):
-    """A list of scenes with the cache folder ``_Finetune.key`` names them by."""
+    """A list of scenes with the cache folder ``FinetuneSpec.key`` names them by."""
 
     class folder:
         name = "hand-scenes"
