@@ -115,7 +115,7 @@ class Experiment:
         workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(),
                                   distributed.is_initialized())
         accelerator = _uses_accelerator()
-        check_memory(built, self.dataset.info, 1 if accelerator else workers * distributed.local_world_size(),
+        check_memory(built, self.dataset, 1 if accelerator else workers * distributed.local_world_size(),
                      distributed.world_size(), available_memory_bytes("cuda" if accelerator else "cpu"))
         threads = _set_torch_threads(self.torch_threads)
         # Workers start now, so their start-up overlaps reaching the tracking store; they get no job

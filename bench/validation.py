@@ -103,20 +103,24 @@ def check_table(table, built: Mapping[str, object], dataset_name: str, task_fact
     return table
 
 
-def check_memory(built: Mapping[str, object], info, processes: int, world_size: int,
+def check_memory(built: Mapping[str, object], dataset, processes: int, world_size: int,
                  available: float | None) -> None:
-    """HarnessError in one line when a training step of some row would need more memory than each of the
-    ``processes`` processes of this machine has (``available`` bytes, None = unknown: not checked),
-    by ``methods.step_memory``'s estimate, naming what holds the most."""
+    """HarnessError in one line when a training step of some row (``methods.step_memory``'s estimate) or the
+    making of a scene would need more memory than each of the ``processes`` processes of this machine has
+    (``available`` bytes, None = unknown: not checked), naming what holds the most."""
     if available is None:
         return
     budget = available / processes
+    info = dataset.info
+    _check_generation(dataset, budget, processes)
     worst = None
     for row_name, row in built.items():
         if hasattr(row, "step_memories"):
             for step, memory in row.step_memories(info, world_size).items():
                 if memory.total > budget and (worst is None or memory.total > worst[2].total):
                     worst = (row_name, step, memory)
+        for component in components(row):  # what makes the data (a dataset of the row's own, e.g. pretraining's)
+            _check_generation(component, budget, processes)
     if worst is not None:
         row_name, step, memory = worst
         share = f" for each of the {processes} worker processes" if processes > 1 else ""
@@ -125,6 +129,18 @@ def check_memory(built: Mapping[str, object], info, processes: int, world_size: 
                            f"({memory.parts[memory.largest] / 2**30:.1f} GiB), more than the {budget / 2**30:.1f} GiB "
                            f"this machine has free{share}; lower that size or TrainSchedule.batch_size"
                            + (" or Experiment.workers" if processes > 1 else ""))
+
+
+def _check_generation(dataset, budget: float, processes: int) -> None:
+    """HarnessError in one line when ``dataset`` (a component with ``generation_memory``) would hold more
+    than ``budget`` bytes while it makes a scene."""
+    if not hasattr(dataset, "generation_memory"):
+        return
+    needed, what = dataset.generation_memory()
+    if needed > budget:
+        share = f" for each of the {processes} worker processes" if processes > 1 else ""
+        raise HarnessError(f"{what} would hold about {needed / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} "
+                           f"GiB this machine has free{share}; lower it")
 
 
 def _nearest(name: str, candidates) -> str:

@@ -184,3 +184,9 @@ def test_the_memory_check_shares_the_machine_between_worker_processes(tmp_path, 
     message = _error(tmp_path, ["SegmentationFinetune.num_points = 200_000"])
     assert "more than the 2.0 GiB this machine has free for each of the 3 worker processes" in message
     assert message.endswith("or Experiment.workers")
+
+
+def test_generating_scenes_too_large_for_the_machine_is_one_line_before_any_work(tmp_path, eight_gib):
+    message = _error(tmp_path, ["SyntheticIndoor.image_hw = (10_000, 10_000)"])
+    assert message.startswith("generating a scene of SyntheticIndoor.image_hw = (10000, 10000) x frames_per_scene")
+    assert "more than the 8.0 GiB this machine has free" in message
