@@ -7,6 +7,7 @@ its one-line message and a non-zero exit, which makes torchrun stop the other ra
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from infra import startup, timing
 from infra.errors import HarnessError
 
 DEFAULT_RESULTS_DIR = os.path.join("results", "runs")
+INTERRUPTED = 130  # the exit code of Ctrl-C, as shells give it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,12 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") == "0":  # torchrun ranks > 0 never talk to MLflow
         mlflow_store.prewarm()  # MLflow's import overlaps torch's and the config's
     try:
-        return _run(args, clock)
+        code = _run(args, clock)
+        if code == INTERRUPTED:
+            # The interrupted frames are gone now: free the worker pool's queues, or their semaphores are
+            # reported leaked at exit (run_bench.py ends with os._exit).
+            gc.collect()
+        return code
     finally:
+        # The helper finishes the writes already sent (KILLED statuses included); another Ctrl-C or SIGTERM
+        # now would only cut them short and print a traceback.
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            mlflow_store.shutdown()  # the helper finishes the writes already sent (KILLED statuses included)
+            mlflow_store.shutdown()
         except Exception as e:  # e.g. a write that failed on a full disk: said once, in one line
             _error_line(f"MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
@@ -86,8 +99,9 @@ def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
         _error_line(str(e))
         return 2
     except KeyboardInterrupt:
-        print("interrupted: open MLflow runs were marked KILLED; no partial results were kept", file=sys.stderr)
-        return 130
+        print("interrupted: open MLflow runs end KILLED, no partial results were kept, finished steps stay cached",
+              file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -44,6 +44,35 @@ def fail_fast_http() -> Iterator[None]:
                 os.environ[key] = value
 
 
+# MLflow's client retries an unreachable server with back-off for minutes by default (7 retries, factor 2,
+# 120 s a request); a run must notice a dead server within seconds. Users may still set their own.
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# What MLflow's client says when a server does not answer (requests / urllib3 errors inside MlflowException).
+_UNREACHABLE = ("Max retries exceeded", "Failed to establish a new connection", "Connection refused",
+                "Connection aborted", "RemoteDisconnected", "Read timed out", "timed out")
+
+
+def bound_http() -> None:
+    """Bounded retries and timeouts for MLflow's HTTP requests in this process (``BOUNDED_HTTP``), unless the
+    user set their own."""
+    for key, value in BOUNDED_HTTP.items():
+        os.environ.setdefault(key, value)
+
+
+def unreachable(message: str) -> bool:
+    """Whether an MLflow error message says the tracking server did not answer."""
+    return any(sign in message for sign in _UNREACHABLE)
+
+
+def server_gone(uri: str, message: str) -> HarnessError:
+    """The one-line error of a tracking server that stopped answering."""
+    reason = "connection refused" if "refused" in message else "timed out" if "timed out" in message else "no answer"
+    return HarnessError(f"MLflow tracking server {uri} does not answer ({reason}); every finished step stays "
+                        "cached: run the same command again once the server answers (it marks this invocation's "
+                        "runs KILLED)")
+
+
 def quiet_mlflow_logs() -> None:
     """MLflow's and alembic's INFO lines say nothing a user of the harness needs."""
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -158,16 +187,18 @@ def _serve(connection, parent_end=None) -> None:
     helper would never see the parent close it (and would outlive it)."""
     if parent_end is not None:
         parent_end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (and marks its runs KILLED)
-    # A forked helper inherits the parent's handlers; SIGTERM (``close()`` after a configuration error)
-    # must end it quietly, as it ends a spawned one.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C and SIGTERM reach the whole process group (a terminal, a scheduler's time limit): the parent
+    # handles them and marks its runs KILLED through this helper, which then ends when the parent closes the
+    # pipe. A helper that never served a store is killed instead (``close``).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with importing_without_collection():
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the slow part of opening a SQLite store
         from mlflow.tracking import MlflowClient  # noqa: F401
 
     quiet_mlflow_logs()
-    store, pending_error = None, None
+    bound_http()
+    store, pending_error, gone = None, None, None
     while True:
         try:
             name, args, kwargs, reply = connection.recv()
@@ -175,19 +206,27 @@ def _serve(connection, parent_end=None) -> None:
             return
         result, error = None, None
         try:
-            with fail_fast_http() if name in ("open", "experiment_id") else contextlib.nullcontext():
-                if name == "open":
-                    store = MlflowStore(*args)
-                elif name != "flush":
-                    result = getattr(store, name)(*args, **kwargs)
+            if gone is not None and name != "flush":  # a server that stopped answering is not asked again
+                error = gone
+            else:
+                with fail_fast_http() if name in ("open", "experiment_id") else contextlib.nullcontext():
+                    if name == "open":
+                        store = MlflowStore(*args)
+                    elif name != "flush":
+                        result = getattr(store, name)(*args, **kwargs)
         except Exception as e:  # noqa: BLE001  sent back to the parent, which raises it
             error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            gone = error if unreachable(str(e)) else gone
         if not reply:
             pending_error = pending_error or error
             continue
         if pending_error is not None:
-            error, pending_error = f"an earlier MLflow write failed: {pending_error}", None
-        connection.send((result, error))
+            error, pending_error = (pending_error if unreachable(pending_error)
+                                    else f"an earlier MLflow write failed: {pending_error}"), None
+        try:
+            connection.send((result, error))
+        except OSError:  # the parent has gone (its Ctrl-C closed the pipe): nothing left to answer
+            return
 
 
 def _start_method() -> str:
@@ -216,20 +255,35 @@ class StoreProxy:
         self._process.start()
         child.close()
         self.uri: str | None = None
+        self._owed = 0  # replies of calls interrupted (Ctrl-C) before they were read: read before the next
+        self._said: str | None = None  # the one-line error already raised for a dead helper or server
 
     def _call(self, name: str, *args, **kwargs):
         reply = name not in _NO_REPLY
+        if self._said is not None and self._said.startswith("the MLflow helper"):
+            raise HarnessError(self._said)
         try:
+            while self._owed:  # a call whose caller was interrupted still gets its reply: skip it
+                self._connection.recv()
+                self._owed -= 1
             self._connection.send((name, args, kwargs, reply))
             if not reply:
                 return None
+            self._owed += 1
             result, error = self._connection.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            raise HarnessError("the MLflow helper process ended unexpectedly") from None
+            self._owed -= 1
+        except (EOFError, OSError):
+            self._said = ("the MLflow helper process ended unexpectedly; this invocation's open runs stay RUNNING "
+                          "until the next invocation into the same results folder marks them KILLED")
+            raise HarnessError(self._said) from None
         if error is not None:
             if any(sign in error for sign in _FULL_DISK):
                 raise HarnessError(f"MLflow store {self.uri}: {error} (the disk is full: free space or choose "
                                    "another --results_dir)")
+            if unreachable(error):
+                failure = server_gone(self.uri, error)
+                self._said = str(failure)
+                raise failure
             raise RuntimeError(error)
         return result
 
@@ -245,13 +299,17 @@ class StoreProxy:
 
     def close(self) -> None:
         """Wait for the writes sent, then let the helper end (at once when it never served a store, e.g.
-        after a configuration error: a bad binding must not wait for MLflow's import)."""
+        after a configuration error: a bad binding must not wait for MLflow's import). A dead helper or
+        server that a call already reported is not reported again."""
         if self.uri is None:
-            self._process.terminate()
+            self._process.kill()  # it ignores SIGTERM (``_serve``); it holds nothing yet
             self._connection.close()
             return
         try:
             self._call("flush")
+        except HarnessError:
+            if self._said is None:
+                raise
         finally:
             # Everything sent is written; the helper ends by itself on the closed pipe, no need to wait
             # for its interpreter to tear down.

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-from bench.mlflow_store import PARENT_RUN_TAG, fail_fast_http, quiet_mlflow_logs, store_for
+from bench.mlflow_store import PARENT_RUN_TAG, bound_http, fail_fast_http, quiet_mlflow_logs, store_for
 from infra import timing
 from infra.errors import HarnessError
 
@@ -46,6 +46,7 @@ class Tracker:
     def connect(self) -> None:
         """Reach the store and create or find the experiment; HarnessError in one line if unusable."""
         location = (self.artifact_root / self.experiment).resolve().as_uri() if self.artifact_root else None
+        bound_http()  # for a store in this process; the helper process bounds its own
         with fail_fast_http(), timing.span("mlflow"):
             try:
                 quiet_mlflow_logs()
