@@ -121,6 +121,11 @@ def check_memory(built: Mapping[str, object], dataset, processes: int, world_siz
                     worst = (row_name, step, memory)
         for component in components(row):  # what makes the data (a dataset of the row's own, e.g. pretraining's)
             _check_generation(component, budget, processes)
+            if hasattr(component, "preparation") and hasattr(component.preparation, "frame_memory"):
+                source = getattr(component, "dataset", None) or dataset
+                if hasattr(source, "image_hw"):  # frames of a known size: checked now (others at their first)
+                    cpu = component.preparation.frame_memory(source.image_hw).get("cpu")
+                    _check_bytes(*cpu, budget, processes)
     if worst is not None:
         row_name, step, memory = worst
         share = f" for each of the {processes} worker processes" if processes > 1 else ""
@@ -136,7 +141,10 @@ def _check_generation(dataset, budget: float, processes: int) -> None:
     than ``budget`` bytes while it makes a scene."""
     if not hasattr(dataset, "generation_memory"):
         return
-    needed, what = dataset.generation_memory()
+    _check_bytes(*dataset.generation_memory(), budget, processes)
+
+
+def _check_bytes(needed: float, what: str, budget: float, processes: int) -> None:
     if needed > budget:
         share = f" for each of the {processes} worker processes" if processes > 1 else ""
         raise HarnessError(f"{what} would hold about {needed / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} "

@@ -140,6 +140,14 @@ class SamMaskSource(MaskSource):
     def description(self) -> str:
         return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device})"
 
+    def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
+        """(bytes on ``device``, what sets them) of one frame's masks: the model with its image encoder's
+        activations (about 4.5 / 3 / 1.5 GiB for vit_h / vit_l / vit_b), and each batch of prompts' masks at
+        the frame's size (3 candidates a prompt, float32, and their upscaling)."""
+        model = {"vit_h": 4.5, "vit_l": 3.0, "vit_b": 1.5}.get(self.model_type, 4.5) * 2**30
+        batch = self.generator_kwargs["points_per_batch"] * 3 * image_hw[0] * image_hw[1] * 8.0
+        return model + batch, f"SamMaskSource.points_per_batch = {self.generator_kwargs['points_per_batch']}"
+
     def _build_generator(self):
         sam = _import_segment_anything()
         if self.generator_kwargs["min_mask_region_area"] > 0 and importlib.util.find_spec("cv2") is None:

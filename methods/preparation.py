@@ -32,9 +32,10 @@ from datasets.types import Frame
 from infra import progress, timing
 from infra.cached_step import CachedStep, UnusableCacheFile, make_missing
 from infra.checks import check_integer
-from infra.errors import DataError
+from infra.errors import DataError, HarnessError
 from infra.fingerprint import fingerprint
 from infra.io import write_cache_file
+from infra.machine import available_memory_bytes
 from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
 from methods.regions import region_features
 from methods.reweighting import assign_groups, cluster_region_features, group_counts, group_weights
@@ -143,6 +144,35 @@ class FramePreparation:
         self.num_groups = int(num_groups)
         self.seed = int(seed)
         self.max_kmeans_regions = int(max_kmeans_regions)
+        self._checked_sizes: set[tuple[int, int]] = set()  # frame sizes whose memory was checked here
+
+    def frame_memory(self, image_hw: tuple[int, int]) -> dict[str, tuple[float, str]]:
+        """Device -> (bytes, what sets them) of preparing one frame of ``image_hw`` pixels: the mask source's
+        and the teacher's where they can say (each on its own device), the label map and the back-projected
+        points (about 60 bytes a pixel, CPU)."""
+        needs = {"cpu": [60.0 * image_hw[0] * image_hw[1], []]}
+        for part in (self.mask_source, self.teacher):
+            if hasattr(part, "frame_memory"):
+                needed, what = part.frame_memory(image_hw)
+                entry = needs.setdefault(getattr(part, "device", "cpu"), [0.0, []])
+                entry[0] += needed
+                entry[1].append(what)
+        return {device: (needed, f"preparing a frame of {image_hw[0]} x {image_hw[1]} pixels"
+                                 + (f" with {' and '.join(whats)}" if whats else ""))
+                for device, (needed, whats) in needs.items()}
+
+    def check_frame_memory(self, image_hw: tuple[int, int]) -> None:
+        """A one-line HarnessError when preparing a frame of ``image_hw`` would need more memory than is free
+        now on a device it uses (``infra.machine``): checked on the first frame of each size a process
+        prepares, before the frame's masks and features are made."""
+        if tuple(image_hw) in self._checked_sizes:
+            return
+        for device, (needed, what) in self.frame_memory(image_hw).items():
+            free = available_memory_bytes(device)
+            if free is not None and needed > free:
+                raise HarnessError(f"{what} would hold about {needed / 2**30:.1f} GiB on {device}, more than the "
+                                   f"{free / 2**30:.1f} GiB free there; lower it")
+        self._checked_sizes.add(tuple(image_hw))
 
     def cache_dir(self, dataset, split: str, cache_root: pathlib.Path) -> pathlib.Path:
         """The folder of this configuration's cache for one split: keyed by the dataset and every
@@ -161,6 +191,7 @@ class FramePreparation:
 
     def prepare_frame(self, frame: Frame) -> PreparedFrame | None:
         """Masks, region features and sampled points of one frame; None if it has no valid depth."""
+        self.check_frame_memory(frame.hw)
         label_map = self.mask_source(frame)
         xyz, pix = backproject(frame.depth, frame.intrinsics, frame.pose)
         if len(xyz) == 0:

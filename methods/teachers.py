@@ -164,6 +164,16 @@ class Dinov2Teacher(Teacher):
         return (f"DINOv2 {self.model_dir.name} ({self.dim}-d, patch {self.patch_size}, {size}, full frame, "
                 f"on {self.device})")
 
+    def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
+        """(bytes on ``device``, what sets them) of one frame's features: the weights (their file's size) and
+        the tokens through the layers (inference keeps a few (tokens x width) tensors a layer alive)."""
+        weights = sum(p.stat().st_size for p in self.model_dir.glob("*.safetensors")) or \
+            sum(p.stat().st_size for p in self.model_dir.glob("*.bin"))
+        h, w = self.input_hw(image_hw)
+        tokens = (h // self.patch_size) * (w // self.patch_size) + self.num_prefix_tokens
+        return (weights + 8.0 * tokens * self.dim * 4 + 3.0 * h * w * 4,
+                f"Dinov2Teacher ({self.model_dir.name}, image_size = {self.image_size}) on {h} x {w} input")
+
     def input_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """Size the frame is resized to: sides multiples of the patch size, aspect kept."""
         p = self.patch_size
@@ -228,6 +238,12 @@ class SimulatedTeacher(Teacher):
     def description(self) -> str:
         return (f"simulated teacher ({self.dim}-d, patch {self.patch_size}, class {self.class_weight:g} "
                 f"+ instance {self.instance_weight:g} + noise {self.noise:g})")
+
+    def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
+        """(bytes, what sets them) of one frame's features while they are made: float64 cell sums, noise and
+        the float32 copy (about four (cells x dim) arrays), and the classes' and instances' embeddings."""
+        cells = max(1, round(image_hw[0] / self.patch_size)) * max(1, round(image_hw[1] / self.patch_size))
+        return (4 * cells + 256) * self.dim * 8.0, f"SimulatedTeacher.dim = {self.dim}, patch_size = {self.patch_size}"
 
     def _embeddings(self, kind: int, ids: np.ndarray) -> np.ndarray:
         rows = [np.random.default_rng([self.seed, kind, int(i) + 1]).standard_normal(self.dim) for i in ids]

@@ -190,3 +190,9 @@ def test_generating_scenes_too_large_for_the_machine_is_one_line_before_any_work
     message = _error(tmp_path, ["SyntheticIndoor.image_hw = (10_000, 10_000)"])
     assert message.startswith("generating a scene of SyntheticIndoor.image_hw = (10000, 10000) x frames_per_scene")
     assert "more than the 8.0 GiB this machine has free" in message
+
+
+def test_a_teacher_too_large_for_the_machine_is_one_line_before_any_work(tmp_path, eight_gib):
+    message = _error(tmp_path, ["SimulatedTeacher.dim = 50_000_000"])
+    assert message.startswith("preparing a frame of 48 x 64 pixels with SimulatedTeacher.dim = 50000000, patch_size = 8")
+    assert "more than the 8.0 GiB this machine has free" in message

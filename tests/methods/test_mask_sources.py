@@ -346,3 +346,12 @@ def test_sources_are_wired_through_gin():
     holder = gin.external_configurable(lambda source=None: source, "test_masks_holder")
     gin.parse_config("test_masks_holder.source = @RenderedMaskSource()\nRenderedMaskSource.split_prob = 0.25")
     assert holder().split_prob == 0.25
+
+
+def test_sam_says_what_a_frame_needs_on_its_device(tiny_sam_checkpoint):
+    def source(points_per_batch):
+        return SamMaskSource(str(tiny_sam_checkpoint), model_type="tiny", model_builder=build_tiny_sam, device="cpu",
+                             points_per_batch=points_per_batch)
+
+    small, large = source(64).frame_memory((480, 640)), source(4096).frame_memory((480, 640))
+    assert large[0] > small[0] > 64 * 3 * 480 * 640 * 4 and large[1] == "SamMaskSource.points_per_batch = 4096"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import SyntheticIndoor
+from infra.errors import HarnessError
 from methods.mask_sources import RenderedMaskSource
 from methods.preparation import FramePreparation, PreparedSplit, decode_frame, frame_step
 from methods.regions import region_features
@@ -153,3 +154,29 @@ def test_frames_without_depth_are_skipped_and_recorded(tmp_path):
 
 def test_prepared_split_is_the_only_reader(prepared):
     assert isinstance(prepared[2], PreparedSplit)
+
+
+class _Huge:
+    """A mask source that says it needs more memory than any machine has, on the CPU."""
+
+    device = "cpu"
+    description = "huge"
+
+    def frame_memory(self, image_hw):
+        return 2.0**60, "HugeMasks.size = 9"
+
+    def __call__(self, frame):
+        raise AssertionError("a frame was prepared although its memory check failed")
+
+
+def test_a_frame_too_large_to_prepare_is_one_line_before_its_masks_are_made(tmp_path):
+    preparation = FramePreparation(mask_source=_Huge(), teacher=SimulatedTeacher(dim=8), points_per_frame=64)
+    with pytest.raises(HarnessError, match=r"preparing a frame of \d+ x \d+ pixels with HugeMasks.size = 9 and "
+                                           r"SimulatedTeacher.dim = 8, patch_size = 8 would hold about"):
+        preparation.prepare(_dataset(num_train=1), "train", tmp_path)
+
+
+def test_the_teachers_say_what_a_frame_needs(tmp_path):
+    small, large = SimulatedTeacher(dim=8).frame_memory((48, 64)), SimulatedTeacher(dim=800).frame_memory((48, 64))
+    assert large[0] > small[0] and large[1] == "SimulatedTeacher.dim = 800, patch_size = 8"
+    assert SimulatedTeacher(dim=8, patch_size=1).frame_memory((48, 64))[0] > small[0]

@@ -125,3 +125,10 @@ def test_simulated_same_instance_more_similar_than_other_class():
 def test_simulated_teacher_needs_labels():
     with pytest.raises(ValueError, match="semantic and instance"):
         SimulatedTeacher()(make_frame(instance=False))
+
+
+def test_dinov2_says_what_a_frame_needs_on_its_device(dinov2_dir):
+    native, smaller = Dinov2Teacher(str(dinov2_dir)), Dinov2Teacher(str(dinov2_dir), image_size=56)
+    weights = sum(p.stat().st_size for p in dinov2_dir.glob("*.safetensors"))
+    assert native.frame_memory((480, 640))[0] > smaller.frame_memory((480, 640))[0] > weights
+    assert "image_size = 56" in smaller.frame_memory((480, 640))[1]
