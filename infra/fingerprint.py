@@ -4,7 +4,10 @@ A component's fingerprint covers its type and its public state (attributes not s
 where components keep loaded models and other caches), recursively; arrays, tensors and pandas tables
 by their contents. Two components configured the same way get the same fingerprint in any process.
 A component must therefore keep every constructor parameter that changes what it computes in its public
-state (``tests/bench/test_cache_keys.py`` changes each one and checks the fingerprint changes).
+state (``tests/bench/test_cache_keys.py`` changes each one and checks the fingerprint changes), or say what
+its output depends on with a ``cache_state()`` method: a model's weights by their content
+(``file_digest``) rather than their path, without settings that change only speed or placement (a batch
+size, the device).
 """
 from __future__ import annotations
 
@@ -41,11 +44,31 @@ def describe(obj: Any, _depth: int = 0) -> Any:
         return {str(k): describe(v, _depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-    state = {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
     kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if callable(getattr(obj, "cache_state", None)):  # the component says itself what its output depends on
+        return {"type": kind, "state": describe(obj.cache_state(), _depth + 1)}
+    state = {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
     if not state and callable(obj) and hasattr(obj, "__qualname__"):  # plain functions
         return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
     return {"type": kind, "state": describe(state, _depth + 1)}
+
+
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> SHA-256 of the file's bytes, per process
+
+
+def file_digest(path: str | pathlib.Path) -> str:
+    """SHA-256 of a file's bytes (a weights file's identity, wherever it lies), computed once per process and
+    remembered by its path, size and modification time."""
+    path = pathlib.Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def fingerprint(*objs: Any, length: int = 16) -> str:

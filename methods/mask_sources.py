@@ -23,6 +23,7 @@ import numpy as np
 
 from datasets.types import Frame
 from infra.errors import HarnessError
+from infra.fingerprint import file_digest
 from methods.model_weights import load_weights, resolve_device
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -139,6 +140,13 @@ class SamMaskSource(MaskSource):
     @property
     def description(self) -> str:
         return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device})"
+
+    def cache_state(self) -> dict:
+        """What the masks depend on (``infra.fingerprint``): the weights' content, the model, every generator
+        setting but the prompts' batch size; not the checkpoint's path, nor the device."""
+        settings = {k: v for k, v in self.generator_kwargs.items() if k != "points_per_batch"}
+        return {"weights": file_digest(self.checkpoint), "model_type": self.model_type,
+                "model_builder": self.model_builder, **settings}
 
     def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
         """(bytes on ``device``, what sets them) of one frame's masks: the model with its image encoder's

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from datasets.types import Frame
 from infra.errors import DataError
+from infra.fingerprint import file_digest
 from methods.mask_sources import frame_rng_seed
 from methods.model_weights import resolve_device
 
@@ -163,6 +164,12 @@ class Dinov2Teacher(Teacher):
         size = "native size" if self.image_size is None else f"short side {self.image_size}"
         return (f"DINOv2 {self.model_dir.name} ({self.dim}-d, patch {self.patch_size}, {size}, full frame, "
                 f"on {self.device})")
+
+    def cache_state(self) -> dict:
+        """What the features depend on (``infra.fingerprint``): the model folder's files by content (config,
+        weights, preprocessor) and the input size; not the folder's path, nor the device."""
+        files = sorted(p for p in self.model_dir.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+        return {"files": {p.name: file_digest(p) for p in files}, "image_size": self.image_size}
 
     def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
         """(bytes on ``device``, what sets them) of one frame's features: the weights (their file's size) and

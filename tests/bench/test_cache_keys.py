@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import pathlib
+import shutil
 
 import gin
 import pandas as pd
@@ -46,13 +47,13 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
     root = tmp_path_factory.mktemp("inputs")
     made = {}
     for i in (0, 1):
-        (root / f"sam{i}.pth").write_bytes(b"weights")
+        (root / f"sam{i}.pth").write_bytes(f"weights {i}".encode())
         (root / f"masks{i}").mkdir()
         dinov2 = root / f"dinov2-{i}"
         dinov2.mkdir()
         (dinov2 / "config.json").write_text(json.dumps({"model_type": "dinov2", "hidden_size": 8, "patch_size": 14}))
         header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-        (dinov2 / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+        (dinov2 / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes([i] * 4))
         made.update({f"sam{i}": root / f"sam{i}.pth", f"masks{i}": root / f"masks{i}", f"dinov2{i}": dinov2})
     return made
 
@@ -188,10 +189,36 @@ COMPONENTS = [SyntheticIndoor, RenderedMaskSource, ClassicalMaskSource, SamMaskS
               SemanticSegmentationTask, DetectionTask]
 
 
+# Settings that change how fast or where a component computes, never what: out of its key.
+SPEED_ONLY = {(SamMaskSource, "points_per_batch")}
+
+
 @pytest.mark.parametrize("cls", COMPONENTS, ids=lambda c: c.__name__)
 def test_every_parameter_of_a_component_changes_its_fingerprint(cls, files):
-    same = [name for name, base, changed in _varied(cls, files) if fingerprint(base) == fingerprint(changed)]
+    same = [name for name, base, changed in _varied(cls, files)
+            if fingerprint(base) == fingerprint(changed) and (cls, name) not in SPEED_ONLY]
     assert not same, f"{cls.__name__}: the fingerprint ignores {same} (keep them in public attributes)"
+
+
+def test_weights_are_keyed_by_their_content_and_speed_settings_not_at_all(files, tmp_path):
+    """Moving the weights (or copying them elsewhere) keeps a SAM source's and a DINOv2 teacher's key; another
+    batch size or device too; a threshold or other weights change it."""
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "sam.pth").write_bytes(files["sam0"].read_bytes())
+    shutil.copytree(files["dinov20"], moved / "dinov2")
+    sam = fingerprint(SamMaskSource(str(files["sam0"]), device="cpu"))
+    assert fingerprint(SamMaskSource(str(moved / "sam.pth"), device="cpu", points_per_batch=16)) == sam
+    assert fingerprint(SamMaskSource(str(files["sam0"]), device="cpu", pred_iou_thresh=0.5)) != sam
+    assert fingerprint(SamMaskSource(str(files["sam1"]), device="cpu")) != sam
+    teacher = fingerprint(Dinov2Teacher(str(files["dinov20"]), device="cpu"))
+    assert fingerprint(Dinov2Teacher(str(moved / "dinov2"), device="cpu")) == teacher
+    assert fingerprint(Dinov2Teacher(str(files["dinov21"]), device="cpu")) != teacher
+    preparation = FramePreparation(SamMaskSource(str(files["sam0"]), device="cpu"), Dinov2Teacher(str(files["dinov20"])))
+    relocated = FramePreparation(SamMaskSource(str(moved / "sam.pth"), device="cpu", points_per_batch=16),
+                                 Dinov2Teacher(str(moved / "dinov2")))
+    dataset = SyntheticIndoor()
+    assert preparation.cache_dir(dataset, "train", tmp_path) == relocated.cache_dir(dataset, "train", tmp_path)
 
 
 def test_the_scene_cache_is_keyed_on_every_dataset_parameter(tmp_path, files):
