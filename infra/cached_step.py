@@ -87,9 +87,10 @@ class CachedStep(Generic[T]):
         self.report(record.get("seconds"))
         return value, record
 
-    def save(self, data: bytes, seconds: float | None = None) -> None:
-        """Write the step's bytes atomically with their record, and report the step's use."""
-        write_cache_file(self.path, data, seconds)
+    def save(self, data: bytes, seconds: float | None = None, extra: dict | None = None) -> None:
+        """Write the step's bytes atomically with their record (``extra`` fields in it, ``infra.io``), and
+        report the step's use."""
+        write_cache_file(self.path, data, seconds, extra)
         self.report(seconds)
 
     def report(self, seconds: float | None) -> None:

@@ -98,13 +98,15 @@ def meta_path(path: str | os.PathLike) -> pathlib.Path:
     return path.with_name(path.name + META_SUFFIX)
 
 
-def write_cache_file(path: str | os.PathLike, data: bytes, seconds: float | None = None) -> pathlib.Path:
-    """Write a cache file atomically with its record (SHA-256, size, the ``seconds`` it took to make).
+def write_cache_file(path: str | os.PathLike, data: bytes, seconds: float | None = None,
+                     extra: dict | None = None) -> pathlib.Path:
+    """Write a cache file atomically with its record (SHA-256, size, the ``seconds`` it took to make, and
+    ``extra`` fields: what a reader may know of the file without reading it, e.g. a scene's frames).
 
     The record is written first: a file that exists always has one, and a crash between the two
     writes leaves a record that the old file (if any) fails, so it is recomputed.
     """
-    record = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "seconds": seconds}
+    record = {**(extra or {}), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "seconds": seconds}
     atomic_write_text(meta_path(path), json.dumps(record))
     return atomic_write_bytes(path, data)
 
@@ -129,9 +131,18 @@ def read_cache_file(path: str | os.PathLike) -> tuple[bytes, dict]:
     record = read_cache_meta(path)
     if record is None:
         raise CorruptCacheFile(f"{path}: no checksum was recorded for it")
-    if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise CorruptCacheFile(f"{path}: its contents differ from the checksum recorded when it was written")
+    # A file this process has checked is not hashed again while its size and time are unchanged: an epoch
+    # that reads it again (past the memory caches) pays for the read alone.
+    stat = path.stat()
+    seen = (str(path), stat.st_size, stat.st_mtime_ns, record.get("sha256"))
+    if seen not in _VERIFIED:
+        if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+            raise CorruptCacheFile(f"{path}: its contents differ from the checksum recorded when it was written")
+        _VERIFIED.add(seen)
     return data, record
+
+
+_VERIFIED: set[tuple] = set()  # (path, size, mtime, sha256) of the cache files this process has checked
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "results directory") -> pathlib.Path:

@@ -51,11 +51,17 @@ class Stopwatch:
     """Seconds since creation, for the progress lines of one step."""
 
     def __init__(self):
-        self.start = time.perf_counter()
+        self.start = self._lap = time.perf_counter()
 
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+    def lap(self) -> float:
+        """Seconds since the last lap (or creation)."""
+        now = time.perf_counter()
+        seconds, self._lap = now - self._lap, now
+        return seconds
 
 
 def totals() -> dict[str, tuple[float, int]]:

@@ -1,26 +1,31 @@
-"""Offline preparation cache (DESIGN 2.2): per frame masks, region features, points with pixel and region.
+"""Offline preparation (DESIGN 2.2), a method step: per frame the masks' regions, the teacher's region features
+and a sample of the frame's points; per split the re-weighting groups.
 
-``FramePreparation.prepare(dataset, split, cache_root)`` computes, once, for every frame of a split:
-the mask label map (int32), the teacher's region features (float16, mean of the upsampled patch features
-inside each region), and a fixed-size sample of the frame's back-projected points with their pixel and
-region id (int32). It then clusters all region features of the split into groups and counts regions per
-group, for the group-balanced re-weighting (DESIGN 2.6).
+``FramePreparation.prepare(dataset, split, cache_root)`` computes, once, for every frame of a split: the mask
+label map, the teacher's region features (the mean of the upsampled patch features inside each region,
+stored float16) and a fixed-size sample of the frame's back-projected points with their colour and region.
+A scene's frames are stored together in one file (``methods.prepared_scenes``). It then clusters the
+split's region features into groups and counts regions per group, for the group-balanced re-weighting
+(``methods.region_groups``, DESIGN 2.6), in memory that does not grow with the split.
+
+Every process that runs a table prepares: scenes are claimed one at a time by file locks
+(``infra.cached_step.make_missing``), so processes of one machine, torchrun ranks and machines sharing a
+results folder split them, and a process that finds a scene claimed waits on its file, never on a
+collective. ``shard=(i, n)`` prepares only the scenes whose index is i modulo n and no groups (array jobs);
+the shards' union is a single run's files, and a later ``prepare`` without a shard finishes the groups.
 
 The frames folder is keyed by the content fingerprint of the dataset and of the whole preparation but
-``GROUPS_ONLY`` (the parameters of the k-means groups alone, so a K ablation reuses the frames); the
-groups file and ``data_key`` (what pretraining stages are keyed by) cover the whole preparation, so a
-changed configuration never reads stale files. Work is resumable: every frame file, scene manifest
-and groups file is written atomically with a checksum (``infra.io``), a restarted run skips scenes whose
-manifest and frame files are complete, and a file that fails its checksum or validation on load
-(truncated, changed, wrong fields) is recomputed with a warning, never used.
+``GROUPS_ONLY`` (so a K ablation reuses the frames); the groups file and ``data_key`` (what pretraining
+stages are keyed by) cover the whole preparation. Weights count by their content, not their path, and
+speed-only settings not at all (``infra.fingerprint``). Work is resumable scene by scene: every scene file
+and groups file is written atomically with a checksum; a file that fails its checksum or validation on
+load is prepared again with a warning, never used. A frame that cannot be prepared (an unreadable image, no
+valid depth, no region) is skipped with one line naming it, counted and listed (``skipped_frames.txt``).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import pathlib
-import zipfile
 import zlib
 
 import gin
@@ -30,89 +35,22 @@ import torch
 from datasets.geometry import backproject
 from datasets.types import Frame
 from infra import progress, timing
-from infra.cached_step import CachedStep, UnusableCacheFile, make_missing
-from infra.checks import check_integer
+from infra.cached_step import CachedStep, make_missing
+from infra.checks import check_choice, check_integer
 from infra.errors import DataError, HarnessError
 from infra.fingerprint import fingerprint
-from infra.io import write_cache_file
+from infra.io import atomic_write_text, read_cache_meta
 from infra.machine import available_memory_bytes
 from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
+from methods.prepared_scenes import FORMAT, PreparedFrame, pack_scene, unpack_scene
+from methods.region_groups import RegionSample, cluster_region_features
 from methods.regions import region_features
-from methods.reweighting import assign_groups, cluster_region_features, group_counts, group_weights
+from methods.reweighting import assign_groups, group_counts, group_weights
 
-_FIELDS = {"xyz": (np.float32, 2), "rgb": (np.uint8, 2), "pixel": (np.int32, 2), "region": (np.int32, 1),
-           "region_ids": (np.int32, 1), "region_features": (np.float16, 2), "label_map": (np.int32, 2)}
-
-
-_LOADED = ByteBudgetCache()  # prepared frames this process has read (with their groups)
-
-
-@dataclasses.dataclass
-class PreparedFrame:
-    """One frame as pretraining reads it."""
-
-    frame_id: str
-    xyz: np.ndarray  # (N, 3) float32 world coordinates
-    rgb: np.ndarray  # (N, 3) uint8
-    pixel: np.ndarray  # (N, 2) int32 [row, col]
-    region: np.ndarray  # (N,) int32 mask label at the point's pixel, 0 = no region
-    region_ids: np.ndarray  # (R,) int32 labels of the regions that have features
-    region_features: np.ndarray  # (R, C) float16 teacher feature per region
-    label_map: np.ndarray  # (H, W) int32
-    region_groups: np.ndarray | None = None  # (R,) int64 group of each region, set by PreparedSplit
-
-
-def frame_to_bytes(prepared: PreparedFrame) -> bytes:
-    """Serialise a prepared frame as an uncompressed npz (zip members carry CRC-32 checks)."""
-    buffer = io.BytesIO()
-    arrays = {name: getattr(prepared, name) for name in _FIELDS}
-    np.savez(buffer, frame_id=np.array(prepared.frame_id), **arrays)
-    return buffer.getvalue()
-
-
-def decode_frame(data: bytes, frame_id: str | None = None) -> PreparedFrame:
-    """A prepared frame file's bytes, validated (reading each zip member checks its CRC); UnusableCacheFile
-    if a field is missing, of the wrong type or length, or the file holds another frame than ``frame_id``."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in (*_FIELDS, "frame_id")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise UnusableCacheFile(f"unreadable ({type(e).__name__}: {e})") from None
-    for name, (dtype, ndim) in _FIELDS.items():
-        if arrays[name].dtype != dtype or arrays[name].ndim != ndim:
-            raise UnusableCacheFile(f"field {name!r} is {arrays[name].dtype} {arrays[name].shape}, "
-                                    f"expected {np.dtype(dtype)} with {ndim} dims")
-    n, r = len(arrays["xyz"]), len(arrays["region_ids"])
-    if not (len(arrays["rgb"]) == len(arrays["pixel"]) == len(arrays["region"]) == n
-            and len(arrays["region_features"]) == r):
-        raise UnusableCacheFile("per-point or per-region fields have inconsistent lengths")
-    if frame_id is not None and str(arrays["frame_id"]) != frame_id:
-        raise UnusableCacheFile(f"holds frame {str(arrays['frame_id'])!r}, expected {frame_id!r}")
-    return PreparedFrame(frame_id=str(arrays.pop("frame_id")), **arrays)
-
-
-def frame_step(folder: pathlib.Path, frame_id: str) -> CachedStep:
-    """The file of one prepared frame (part of its scene's step, which reports the compute)."""
-    return CachedStep(folder / "frames" / f"{frame_id}.npz", what="prepared frame", redo="preparing its scene again")
-
-
-def _decode_manifest(data: bytes) -> dict:
-    done = json.loads(data)
-    if not (isinstance(done, dict) and isinstance(done.get("frames"), list)
-            and isinstance(done.get("sizes"), list) and len(done["frames"]) == len(done["sizes"])):
-        raise UnusableCacheFile("malformed (expected frames and sizes)")
-    return done
-
-
-def _decode_groups(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data)) as npz:
-        return {k: npz[k] for k in ("centroids", "counts", "weights")}
-
-
-def _groups_bytes(groups: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **groups)
-    return buffer.getvalue()
+GROUPS_FIT = "sklearn-kmeans-lloyd"  # part of the groups' key: another fit is another file
+PHASES = ("read", "masks", "teacher", "points")  # where a frame's seconds go, recorded per scene
+_SKIPPABLE = (DataError, OSError, ValueError, EOFError)  # a broken frame's errors; the others are bugs
+_LOADED = ByteBudgetCache()  # prepared scenes this process has read (with their groups)
 
 
 @gin.register
@@ -125,25 +63,30 @@ class FramePreparation:
       points_per_frame: points sampled per frame without replacement (all of them when fewer) [prior: 20,000].
       num_groups: k-means groups over the split's region features for re-weighting [choice: 32].
       seed: seed of the point sampling and of k-means.
-      max_kmeans_regions: at most this many region features (a seeded sample) fit the k-means; all
+      max_kmeans_regions: the k-means is fitted on a seeded sample of at most this many region features; all
         regions are then assigned to their nearest centroid for the counts.
+      keep_label_maps: store each frame's label map and its points' pixels too [choice: off; nothing
+        pretraining reads needs them, and they are most of a frame's bytes].
     """
 
     # Parameters that change the re-weighting groups only, not the prepared frames.
     GROUPS_ONLY = ("num_groups", "max_kmeans_regions")
 
     def __init__(self, mask_source=gin.REQUIRED, teacher=gin.REQUIRED, points_per_frame: int = 20_000,
-                 num_groups: int = 32, seed: int = 0, max_kmeans_regions: int = 200_000):
+                 num_groups: int = 32, seed: int = 0, max_kmeans_regions: int = 200_000,
+                 keep_label_maps: bool = False):
         check_integer("FramePreparation.points_per_frame", points_per_frame, 1)
         check_integer("FramePreparation.num_groups", num_groups, 1)
         check_integer("FramePreparation.seed", seed)
         check_integer("FramePreparation.max_kmeans_regions", max_kmeans_regions, 1)
+        check_choice("FramePreparation.keep_label_maps", keep_label_maps, (True, False))
         self.mask_source = mask_source
         self.teacher = teacher
         self.points_per_frame = int(points_per_frame)
         self.num_groups = int(num_groups)
         self.seed = int(seed)
         self.max_kmeans_regions = int(max_kmeans_regions)
+        self.keep_label_maps = keep_label_maps
         self._checked_sizes: set[tuple[int, int]] = set()  # frame sizes whose memory was checked here
 
     def frame_memory(self, image_hw: tuple[int, int]) -> dict[str, tuple[float, str]]:
@@ -175,10 +118,10 @@ class FramePreparation:
         self._checked_sizes.add(tuple(image_hw))
 
     def cache_dir(self, dataset, split: str, cache_root: pathlib.Path) -> pathlib.Path:
-        """The folder of this configuration's cache for one split: keyed by the dataset and every
-        parameter but ``GROUPS_ONLY``."""
+        """The folder of this configuration's cache for one split: keyed by the dataset, every parameter but
+        ``GROUPS_ONLY`` and the storage format."""
         frames_config = {k: v for k, v in vars(self).items() if k not in self.GROUPS_ONLY}
-        key = fingerprint(dataset, type(self).__name__, frames_config)
+        key = fingerprint(dataset, type(self).__name__, frames_config, FORMAT)
         return pathlib.Path(cache_root) / "prepare" / f"{dataset.info.name}-{split}-{key}"
 
     def data_key(self, dataset, split: str, cache_root: pathlib.Path) -> str:
@@ -187,69 +130,75 @@ class FramePreparation:
         return f"{self.cache_dir(dataset, split, cache_root).name}-{self._groups_key()}"
 
     def _groups_key(self) -> str:
-        return fingerprint(self, length=12)
+        return fingerprint(self, GROUPS_FIT, length=12)
 
-    def prepare_frame(self, frame: Frame) -> PreparedFrame | None:
-        """Masks, region features and sampled points of one frame; None if it has no valid depth."""
+    def prepare_frame(self, frame: Frame, phases: dict[str, float] | None = None) -> PreparedFrame:
+        """Masks, region features and sampled points of one frame; ``DataError`` when it has no valid depth or
+        no region. ``phases`` (if given) gets the seconds of each phase added."""
         self.check_frame_memory(frame.hw)
+        clock, phases = timing.Stopwatch(), {} if phases is None else phases
         label_map = self.mask_source(frame)
+        phases["masks"] = phases.get("masks", 0.0) + clock.lap()
         xyz, pix = backproject(frame.depth, frame.intrinsics, frame.pose)
         if len(xyz) == 0:
-            return None
+            raise DataError("no valid depth")
         rng = np.random.default_rng([self.seed, zlib.crc32(frame.frame_id.encode())])
         if len(xyz) > self.points_per_frame:
             keep = np.sort(rng.choice(len(xyz), self.points_per_frame, replace=False))
             xyz, pix = xyz[keep], pix[keep]
+        phases["points"] = phases.get("points", 0.0) + clock.lap()
         region_ids, features = region_features(self.teacher(frame), label_map)
+        phases["teacher"] = phases.get("teacher", 0.0) + clock.lap()
+        if len(region_ids) == 0:
+            raise DataError("the mask source found no region")
         return PreparedFrame(
             frame_id=frame.frame_id, xyz=xyz.astype(np.float32), rgb=frame.rgb[pix[:, 0], pix[:, 1]],
-            pixel=pix.astype(np.int32), region=label_map[pix[:, 0], pix[:, 1]].astype(np.int32),
-            region_ids=np.asarray(region_ids, np.int32),
-            region_features=np.asarray(features, np.float32).astype(np.float16), label_map=label_map)
+            region=label_map[pix[:, 0], pix[:, 1]].astype(np.int32), region_ids=np.asarray(region_ids, np.int32),
+            region_features=np.asarray(features, np.float32).astype(np.float16),
+            label_map=label_map if self.keep_label_maps else None,
+            pixel=pix.astype(np.int32) if self.keep_label_maps else None)
 
-    def prepare(self, dataset, split: str, cache_root: pathlib.Path) -> PreparedSplit:
-        """Prepare every frame of ``split`` (resuming earlier work), then the re-weighting groups.
-
-        Concurrent processes split the scenes between them: a scene another process is preparing is
-        skipped and waited for at the end (``infra.cached_step.make_missing``).
-        """
+    def prepare(self, dataset, split: str, cache_root: pathlib.Path,
+                shard: tuple[int, int] | None = None) -> PreparedSplit | None:
+        """Prepare every frame of ``split`` (resuming earlier work), then the re-weighting groups; with
+        ``shard = (i, n)`` only the scenes of index i modulo n, and nothing more (returns None)."""
         folder = self.cache_dir(dataset, split, cache_root)
-        (folder / "frames").mkdir(parents=True, exist_ok=True)
-        (folder / "scenes").mkdir(exist_ok=True)
-        clock = timing.Stopwatch()
+        (folder / "scenes").mkdir(parents=True, exist_ok=True)
+        scenes = range(dataset.num_scenes(split))
+        if shard is not None:
+            scenes = [i for i in scenes if i % shard[1] == shard[0]]
         with timing.span("preparation"):
-            scenes = range(dataset.num_scenes(split))
             manifests = {i: done for i in scenes if (done := self._finished_scene(dataset, split, i, folder))}
             todo = [i for i in scenes if i not in manifests]
+            meter = PreparationProgress(f"{dataset.info.name}/{split}", len(todo))
             made, by_others = make_missing(
                 progress.bar(todo, desc=f"prepare {dataset.info.name}/{split}"),
                 lambda i: self._scene_step(dataset, split, i, folder),
                 lambda i: self._finished_scene(dataset, split, i, folder, quiet=True),
-                lambda i: self._prepare_scene(dataset, split, i, folder))
+                lambda i: meter.done(self._prepare_scene(dataset, split, i, folder)))
             manifests.update(made)
-            frame_ids = [f for index in sorted(manifests) for f in manifests[index]["frames"]]
-            if not frame_ids:
-                raise DataError(f"prepare: no frame of {dataset.info.name}/{split} has valid depth points "
-                                "(pretraining needs RGB-D frames attached to the scenes)")
-            groups = self._groups_step(folder).get(lambda: self._groups(dataset, split, folder, frame_ids),
-                                                   _groups_bytes, _decode_groups)
         if todo:
-            progress.step(f"preparation {dataset.info.name}/{split}",
-                          f"{len(made) - by_others} of {len(manifests)} scenes prepared in "
-                          f"{progress.duration(clock.seconds)}"
-                          + (f" ({by_others} by another process)" if by_others else ""))
-        counts = [n for done in manifests.values() for n in done.get("points", [None] * len(done["frames"]))]
-        most = max(counts) if counts and None not in counts else None  # manifests written before 2026-12 lack it
-        return PreparedSplit(folder, frame_ids, groups, self, dataset, split,
-                             key=self.data_key(dataset, split, cache_root), most_points=most)
+            meter.summary(by_others)
+        if shard is not None:
+            return None
+        ordered = [(dataset.scene_id(split, i), manifests[i]) for i in sorted(manifests)]
+        _write_skipped(folder, ordered)
+        if not any(done["frames"] for _, done in ordered):
+            raise DataError(f"prepare: no frame of {dataset.info.name}/{split} could be prepared (see "
+                            f"{folder / 'skipped_frames.txt'}; pretraining needs RGB-D frames with regions)")
+        split_files = PreparedSplit(folder, ordered, None, self, dataset, split,
+                                    key=self.data_key(dataset, split, cache_root))
+        with timing.span("preparation"):
+            split_files.groups = self._groups_step(folder).get(lambda: self._groups(split_files), _groups_bytes,
+                                                               _decode_groups)
+        return split_files
 
-    @staticmethod
-    def _scene_step(dataset, split: str, index: int, folder: pathlib.Path) -> CachedStep:
-        """A scene's manifest (its frames, their sizes, the seconds they took): the step of its frames."""
+    def _scene_step(self, dataset, split: str, index: int, folder: pathlib.Path) -> CachedStep:
+        """A scene's file of prepared frames, its record holding its manifest: the step of its frames."""
         scene_id = dataset.scene_id(split, index)
-        return CachedStep(folder / "scenes" / f"{scene_id}.json", name=f"prepare/{folder.name}/{scene_id}",
-                          lock=folder / "locks" / f"{scene_id}.lock", what="preparation manifest",
-                          redo="preparing the scene again")
+        return CachedStep(folder / "scenes" / f"{scene_id}.npz", name=f"prepare/{folder.name}/{scene_id}",
+                          lock=folder / "locks" / f"{scene_id}.lock", what="prepared scene",
+                          redo="preparing it again")
 
     def _groups_step(self, folder: pathlib.Path) -> CachedStep:
         path = folder / f"groups-k{self.num_groups}-{self._groups_key()}.npz"
@@ -258,105 +207,188 @@ class FramePreparation:
 
     def _finished_scene(self, dataset, split: str, index: int, folder: pathlib.Path,
                         quiet: bool = False) -> dict | None:
-        """The manifest (``frames``, ``sizes``, ``points`` kept per frame, ...) of a scene whose frame files are
-        complete, else None (a manifest that fails its checksum or is malformed is reported and the scene
-        prepared again)."""
-        done = self._scene_step(dataset, split, index, folder).load(_decode_manifest, quiet)
-        if done is None:
+        """The manifest (``frames``, ``points`` each kept, ``skipped``, ``phases``) of a scene whose file is
+        complete (its size is the one recorded; its checksum is checked when it is first read), else None."""
+        step = self._scene_step(dataset, split, index, folder)
+        record = read_cache_meta(step.path)
+        if record is None or not isinstance(record.get("frames"), list):
             return None
-        files = [folder / "frames" / f"{f}.npz" for f in done["frames"]]
-        if all(p.is_file() and p.stat().st_size == s for p, s in zip(files, done["sizes"])):
-            return done
-        return None
-
-    def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> dict:
-        clock = timing.Stopwatch()
-        with timing.span("scene generation"):
-            scene = dataset.scene(split, index)
-        frames, sizes, points, skipped = [], [], [], []
-        for frame in scene.frames:
-            prepared = self.prepare_frame(frame)
-            if prepared is None:
-                skipped.append(frame.frame_id)
-                continue
-            data = frame_to_bytes(prepared)
-            write_cache_file(frame_step(folder, frame.frame_id).path, data)
-            frames.append(frame.frame_id)
-            sizes.append(len(data))
-            points.append(len(prepared.xyz))
-        seconds = clock.seconds
-        record = {"frames": frames, "sizes": sizes, "points": points, "skipped_no_depth": skipped, "seconds": seconds}
-        self._scene_step(dataset, split, index, folder).save(json.dumps(record).encode("utf-8"), seconds)
+        try:
+            complete = step.path.stat().st_size == record.get("bytes")
+        except FileNotFoundError:
+            complete = False
+        if not complete:
+            if not quiet:
+                print(f"warning: prepared scene {step.path}: missing or not of its recorded size; preparing it again")
+            return None
+        step.report(record.get("seconds"))
         return record
 
-    def load_or_recompute(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> PreparedFrame:
-        """The prepared frame ``frame_id``; a file that fails its checksum or validation is reported and
-        its scene prepared again."""
-        step = frame_step(folder, frame_id)
-        frame = step.load(lambda data: decode_frame(data, frame_id))
-        if frame is None:
-            self._prepare_scene_of(dataset, split, frame_id, folder)
-            frame = step.load(lambda data: decode_frame(data, frame_id))
-            if frame is None:
-                raise DataError(f"{step.path}: prepared again, still unreadable (is the disk failing?)")
-        return frame
+    def _prepare_scene(self, dataset, split: str, index: int, folder: pathlib.Path) -> dict:
+        clock, phases = timing.Stopwatch(), dict.fromkeys(PHASES, 0.0)
+        with timing.span("scene generation"):
+            scene = dataset.scene(split, index)
+        phases["read"] += clock.lap()
+        frames, skipped = [], {}
+        for position in range(len(scene.frames)):
+            frame_id = f"{scene.scene_id}#{position}"
+            try:
+                frame = scene.frames[position]  # frames are read lazily: a corrupt file fails here
+                frame_id = frame.frame_id
+                phases["read"] += clock.lap()
+                frames.append(self.prepare_frame(frame, phases))
+            except _SKIPPABLE as e:
+                skipped[frame_id] = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                print(f"warning: frame {frame_id} skipped: {skipped[frame_id]}", flush=True)
+            clock.lap()
+        data = pack_scene(frames, self.keep_label_maps)
+        manifest = {"frames": [f.frame_id for f in frames], "points": [len(f.xyz) for f in frames],
+                    "skipped": skipped, "phases": phases}
+        self._scene_step(dataset, split, index, folder).save(data, clock.seconds, extra=manifest)
+        return {**manifest, "bytes": len(data)}
 
-    def _prepare_scene_of(self, dataset, split: str, frame_id: str, folder: pathlib.Path) -> None:
-        """Prepare again the scene that holds ``frame_id`` (after its file failed validation)."""
-        for index in range(dataset.num_scenes(split)):
-            step = self._scene_step(dataset, split, index, folder)
-            done = step.load(_decode_manifest, quiet=True)
-            if done is not None and frame_id in done["frames"]:
-                with step.claim():
-                    self._prepare_scene(dataset, split, index, folder)
-                return
-        raise DataError(f"{folder}: no scene manifest lists frame {frame_id!r}; delete the folder to prepare "
-                        "the split again")
-
-    def _groups(self, dataset, split: str, folder: pathlib.Path, frame_ids: list[str]) -> dict[str, np.ndarray]:
-        """The k-means groups of the split's region features (the groups step's computation)."""
-        features = [self.load_or_recompute(dataset, split, f, folder).region_features for f in frame_ids]
-        all_features = np.concatenate(features).astype(np.float32)
-        if len(all_features) == 0:
-            raise DataError(f"prepare: the mask source found no region in any frame of {folder.name} "
+    def _groups(self, split: PreparedSplit) -> dict[str, np.ndarray]:
+        """The k-means groups of the split's region features (``methods.region_groups``), scenes streamed."""
+        sample = RegionSample(self.max_kmeans_regions, self.seed)
+        for frames in split.scene_frames():
+            for frame in frames:
+                sample.add(frame.region_features)
+        rows = sample.rows()
+        if len(rows) == 0:
+            raise DataError(f"prepare: the mask source found no region in any frame of {split.folder.name} "
                             "(pretraining needs regions to distil)")
-        rng = np.random.default_rng(self.seed)
-        sample = all_features
-        if len(all_features) > self.max_kmeans_regions:
-            sample = all_features[rng.choice(len(all_features), self.max_kmeans_regions, replace=False)]
-        centroids, _ = cluster_region_features(sample, self.num_groups, self.seed)
-        counts = group_counts(assign_groups(torch.from_numpy(all_features), centroids).numpy(), len(centroids))
-        return {"centroids": centroids.astype(np.float32), "counts": counts, "weights": group_weights(counts)}
+        fit = cluster_region_features(rows, self.num_groups, self.seed)
+        counts = np.zeros(len(fit.centroids), np.int64)
+        for frames in split.scene_frames():  # every region, one scene at a time
+            features = [f.region_features for f in frames if len(f.region_features)]
+            if features:
+                chunk = torch.from_numpy(np.concatenate(features).astype(np.float32))
+                counts += group_counts(assign_groups(chunk, fit.centroids).numpy(), len(fit.centroids))
+        progress.step(f"groups {split.folder.name[:40]}",
+                      f"k-means of {len(rows)} of {sample.seen} regions into {len(fit.centroids)} groups: "
+                      f"{fit.iterations} iterations, inertia {fit.inertia:.4g}")
+        return {"centroids": fit.centroids.astype(np.float32), "counts": counts, "weights": group_weights(counts),
+                "iterations": np.array(fit.iterations), "inertia": np.array(fit.inertia),
+                "regions": np.array(sample.seen)}
+
+
+def _decode_groups(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data)) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _groups_bytes(groups: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **groups)
+    return buffer.getvalue()
+
+
+def _write_skipped(folder: pathlib.Path, manifests: list[tuple[str, dict]]) -> None:
+    """``skipped_frames.txt``: every frame the preparation skipped and why (one line each), when there are any."""
+    lines = [f"{frame}\t{why}" for _, done in manifests for frame, why in done.get("skipped", {}).items()]
+    if lines:
+        atomic_write_text(folder / "skipped_frames.txt", "\n".join(lines) + "\n")
+        progress.note_once(f"{len(lines)} frames of {folder.name} could not be prepared and were skipped "
+                           f"(listed in {folder / 'skipped_frames.txt'})")
+
+
+class PreparationProgress:
+    """One line every 30 s or so while a split is prepared: scenes done of those to do, frames, frames per
+    second, time left (this process; every process prints its own); the phases' costs at the end."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.scenes, self.frames, self.bytes = name, total, 0, 0, 0
+        self.phases = dict.fromkeys(PHASES, 0.0)
+        self.clock, self._last = timing.Stopwatch(), 0.0
+
+    def done(self, manifest: dict) -> dict:
+        """Count a scene this process prepared (``_prepare_scene``'s manifest), which it returns."""
+        self.scenes += 1
+        self.frames += len(manifest["frames"])
+        self.bytes += manifest["bytes"]
+        for phase, seconds in manifest["phases"].items():
+            self.phases[phase] += seconds
+        elapsed = self.clock.seconds
+        if elapsed - self._last >= 30 and self.scenes < self.total:
+            self._last = elapsed
+            left = elapsed / self.scenes * (self.total - self.scenes)
+            print(f"prepare {self.name}: {self.scenes} of {self.total} scenes, {self.frames} frames, "
+                  f"{self.frames / elapsed:.2f} frames/s, about {progress.duration(left)} left", flush=True)
+        return manifest
+
+    def summary(self, by_others: int) -> None:
+        frames = max(1, self.frames)
+        costs = ", ".join(f"{phase} {seconds / frames:.3f}" for phase, seconds in self.phases.items())
+        progress.step(f"preparation {self.name}",
+                      f"{self.scenes} of {self.total} scenes ({self.frames} frames) prepared in "
+                      f"{progress.duration(self.clock.seconds)}" + (f", {by_others} by another process" if by_others
+                                                                     else "")
+                      + (f"; seconds a frame: {costs}; {self.bytes / frames / 1e6:.2f} MB a frame" if self.frames
+                         else ""))
 
 
 class PreparedSplit:
-    """The prepared frames of a split, read lazily from the cache, with the re-weighting groups."""
+    """The prepared frames of a split, read lazily scene by scene from the cache, with the re-weighting
+    groups (``groups`` is None until ``FramePreparation.prepare`` sets it)."""
 
-    def __init__(self, folder, frame_ids, groups, preparation, dataset, split, key: str = "",
-                 most_points: int | None = None):
+    def __init__(self, folder, manifests: list[tuple[str, dict]], groups, preparation, dataset, split, key: str = ""):
         self.folder = pathlib.Path(folder)
-        self.most_points = most_points  # the most points any frame kept (None: not recorded)
         self.key = key or self.folder.name  # the content key of the frames and groups (data_key)
-        self.frame_ids = list(frame_ids)
         self.groups = groups
+        self.manifests = manifests  # (scene id, manifest) of every scene, in order
+        self.frame_ids = [f for _, done in manifests for f in done["frames"]]
+        self._where = [(s, k) for s, (_, done) in enumerate(manifests) for k in range(len(done["frames"]))]
         self._preparation, self._dataset, self._split = preparation, dataset, split
-        # A frame's region groups depend on the centroids, so the memory key names them too.
-        self._groups_key = fingerprint(np.asarray(groups["centroids"]))
+        counts = [n for _, done in manifests for n in done.get("points", [])]
+        self.most_points = max(counts) if counts else None  # the most points any frame kept
+
+    def cost(self) -> dict[str, float]:
+        """Seconds a frame per phase, bytes a frame and frames skipped, whichever process prepared them."""
+        frames = max(1, len(self.frame_ids))
+        out = {f"prepare/seconds_per_frame/{phase}": sum(done.get("phases", {}).get(phase, 0.0)
+                                                        for _, done in self.manifests) / frames for phase in PHASES}
+        out["prepare/bytes_per_frame"] = sum(done.get("bytes", 0) for _, done in self.manifests) / frames
+        out["prepare/skipped_frames"] = float(sum(len(done.get("skipped", {})) for _, done in self.manifests))
+        return out
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
     def __getitem__(self, i: int) -> PreparedFrame:
-        """The ``i``-th prepared frame with its regions' groups; frames read once stay in this process's
-        memory (read-only, within a byte budget, see ``infra.memory_cache``)."""
-        frame_id = self.frame_ids[i]
-        path = self.folder / "frames" / f"{frame_id}.npz"
-        key = file_key(path, self._groups_key)
-        frame = _LOADED.get(key)
-        if frame is not None:
-            return frame
-        frame = self._preparation.load_or_recompute(self._dataset, self._split, frame_id, self.folder)
-        key = file_key(path, self._groups_key)
-        features = torch.from_numpy(frame.region_features.astype(np.float32))
-        frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
-        return _LOADED.put(key, freeze_arrays(frame), array_bytes(frame))
+        """The ``i``-th prepared frame with its regions' groups; scenes read once stay in this process's memory
+        (read-only, within a byte budget, see ``infra.memory_cache``)."""
+        scene, position = self._where[i]
+        return self._scene(scene, with_groups=True)[position]
+
+    def scene_frames(self):
+        """Every scene's frames in order, without groups (what the groups are computed from)."""
+        for scene in range(len(self.manifests)):
+            yield self._scene(scene, with_groups=False)
+
+    def _scene(self, scene: int, with_groups: bool) -> list[PreparedFrame]:
+        scene_id, done = self.manifests[scene]
+        index = self._dataset_index(scene_id)
+        step = self._preparation._scene_step(self._dataset, self._split, index, self.folder)
+        groups_key = fingerprint(np.asarray(self.groups["centroids"])) if with_groups else "no groups"
+        key = file_key(step.path, groups_key)
+        frames = _LOADED.get(key)
+        if frames is not None:
+            return frames
+        frames = step.load(lambda data: unpack_scene(data, done["frames"]))
+        if frames is None:  # changed since written, or unreadable (said by load): prepared again, then read
+            with step.claim():
+                self._preparation._prepare_scene(self._dataset, self._split, index, self.folder)
+            frames = step.load(lambda data: unpack_scene(data, done["frames"]))
+            if frames is None:
+                raise DataError(f"{step.path}: prepared again, still unreadable (is the disk failing?)")
+            key = file_key(step.path, groups_key)
+        if with_groups:
+            for frame in frames:
+                features = torch.from_numpy(frame.region_features.astype(np.float32))
+                frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
+        return _LOADED.put(key, [freeze_arrays(f) for f in frames], sum(array_bytes(f) for f in frames))
+
+    def _dataset_index(self, scene_id: str) -> int:
+        if not hasattr(self, "_index"):
+            self._index = {self._dataset.scene_id(self._split, i): i for i in range(self._dataset.num_scenes(self._split))}
+        return self._index[scene_id]

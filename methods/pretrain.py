@@ -177,6 +177,9 @@ class PretrainRow:
                     f"{prepared.most_points}): every frame keeps all its points")
             context.notes.setdefault("size: points_per_frame", note)
             note_once(note)
+        groups = prepared.groups
+        context.log_metrics({**prepared.cost(), **{f"prepare/kmeans_{k}": float(groups[k]) for k in
+                                                   ("iterations", "inertia", "regions") if k in groups}})
         result = self.stage.run(prepared, prepared.key, context.cache_root, context.seed)
         stage = self.stage
         while stage is not None:  # what each stage's first-epoch tokens cover (methods/tokenizers/report.py)

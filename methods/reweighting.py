@@ -1,7 +1,7 @@
 """Group-balanced re-weighting (BR) for Stage 1 (DESIGN.md 2.2, 2.6) [paper].
 
 Offline, all region features of the training set are clustered into K groups (k-means [choice:
-K = 32]) and each group's region count n_i is taken. A group's weight is
+K = 32], ``methods.region_groups``) and each group's region count n_i is taken. A group's weight is
 
     k_i = (n_i - n_min) / n_max,  tau_i = 1 - k_i,  w_i = tau_i / sum_j tau_j,
 
@@ -17,49 +17,9 @@ carry, for no token. Weights of non-empty groups then do not depend on how many 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import warnings
-
 import gin
 import numpy as np
 import torch
-
-def cluster_region_features(features: np.ndarray | torch.Tensor, num_groups: int = 32,
-                            seed: int = 0, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """k-means (``scipy.cluster.vq.kmeans2``, k-means++ init) of region features.
-
-    Args:
-      features: (R, C) float region features, R >= 1.
-      num_groups: requested K [choice: 32].
-      seed: seeds the k-means++ initialisation; same seed and data give the same result.
-      iterations: k-means iterations.
-
-    Returns:
-      centroids (K', C) float64 and assignment (R,) int64 in [0, K'), with K' = min(num_groups,
-      number of distinct feature rows): duplicate rows cannot seed separate clusters, so asking for
-      more groups than distinct rows would only create empty groups. A cluster k-means still leaves
-      empty keeps its row (count 0, weight 0 in ``group_weights``); scipy's warning about it is
-      silenced because that case is handled here.
-    """
-    from scipy.cluster.vq import kmeans2  # scipy.cluster costs 0.4 s to import; only preparation needs it
-
-    rng_keyword = "rng" if "rng" in inspect.signature(kmeans2).parameters else "seed"  # scipy >= 1.15
-
-    data = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
-                      dtype=np.float64)
-    if data.ndim != 2 or data.shape[0] == 0:
-        raise ValueError(f"features: expected a non-empty (R, C) array, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise ValueError("features: expected finite values, got NaN or inf")
-    if num_groups < 1:
-        raise ValueError(f"num_groups: expected >= 1, got {num_groups}")
-    k = min(num_groups, len(np.unique(data, axis=0)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="One of the clusters is empty")
-        centroids, labels = kmeans2(data, k, iter=iterations, minit="++",
-                                    **{rng_keyword: np.random.default_rng(seed)})
-    return centroids, labels.astype(np.int64)
-
 
 def group_counts(assignment: np.ndarray | torch.Tensor, num_groups: int) -> np.ndarray:
     """(K,) int64 number of regions assigned to each group; empty groups count 0."""

@@ -10,6 +10,7 @@ from datasets.geometry import backproject
 from datasets.scannet import ScanNetRaw, SensFrames
 from datasets.synthetic import SyntheticIndoor
 from datasets.synthetic.export import export_scannet_raw
+from infra.io import read_cache_meta
 from tests.test_real_pipeline import _run_table4_smoke
 
 
@@ -43,6 +44,6 @@ def test_table4_smoke_on_the_scannet_raw_export(tmp_path, monkeypatch):
                    "SensFrames.every = 1"],
         ["scannet/det/AP25", "scannet/det/AP50", "scannet/seg/mIoU", "scannet/seg/mAcc"],
         ["@SemanticSegmentationTask", "@DetectionTask"])
-    prepared = list((tmp_path / "results" / "cache" / "prepare").glob("scannet-train-*/frames/*.npz"))
-    assert len(prepared) == 4  # 2 train scenes x 2 frames
+    prepared = list((tmp_path / "results" / "cache" / "prepare").glob("scannet-train-*/scenes/*.npz"))
+    assert len(prepared) == 2 and all(len(read_cache_meta(p)["frames"]) == 2 for p in prepared)  # 2 scenes x 2 frames
     assert all(np.isfinite(r["metrics"]["scannet/seg/mIoU"]) for r in runs)

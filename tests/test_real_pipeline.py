@@ -10,6 +10,7 @@ import transformers
 
 from bench.config import parse_config
 from bench.runner import Experiment
+from infra.io import read_cache_meta
 
 
 def _run_table4_smoke(tmp_path, dataset_bindings: list[str], columns: list[str], tasks: list[str]) -> tuple:
@@ -62,6 +63,7 @@ def test_table4_smoke_on_real_scannet_posed_images(real_data, tmp_path, monkeypa
         ["@SemanticSegmentationTask", "@DetectionTask"])
     assert "dataset: scannet" in table and "pretraining frames: scannet/train" in table
     # Pretraining read the three posed images of scene0000_00 (the train split).
-    prepared = list((tmp_path / "results" / "cache" / "prepare").glob("scannet-train-*/frames/*.npz"))
-    assert sorted(p.stem for p in prepared) == ["scene0000_00-00000", "scene0000_00-00011", "scene0000_00-00102"]
+    prepared = list((tmp_path / "results" / "cache" / "prepare").glob("scannet-train-*/scenes/scene0000_00.npz"))
+    assert len(prepared) == 1 and read_cache_meta(prepared[0])["frames"] == [
+        "scene0000_00-00000", "scene0000_00-00011", "scene0000_00-00102"]
     assert all(0 <= r["metrics"]["scannet/seg/mIoU"] <= 100 for r in runs)

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 
 import numpy as np
 import pytest
 
 from datasets.synthetic import SyntheticIndoor
 from infra.errors import HarnessError
+from infra.io import read_cache_meta, write_cache_file
 from methods.mask_sources import RenderedMaskSource
-from methods.preparation import FramePreparation, PreparedSplit, decode_frame, frame_step
+from methods.preparation import FramePreparation, PreparedSplit
+from methods.prepared_scenes import unpack_scene
 from methods.regions import region_features
 from methods.teachers import SimulatedTeacher
 
@@ -31,8 +33,12 @@ def _preparation(**overrides):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    dataset, preparation = _dataset(), _preparation()
+    dataset, preparation = _dataset(), _preparation(keep_label_maps=True)
     return dataset, preparation, preparation.prepare(dataset, "train", root), root
+
+
+def _scene_file(split, dataset, index):
+    return split.folder / "scenes" / f"{dataset.scene_id('train', index)}.npz"
 
 
 def test_prepared_frames_hold_masks_features_and_sampled_points(prepared):
@@ -50,6 +56,20 @@ def test_prepared_frames_hold_masks_features_and_sampled_points(prepared):
     assert np.array_equal(frame.region_ids, ids)
     np.testing.assert_allclose(frame.region_features, np.asarray(feats), atol=2e-3)
     assert frame.region_groups.shape == frame.region_ids.shape
+
+
+def test_a_scene_is_one_file_and_holds_only_what_pretraining_reads_by_default(prepared, tmp_path):
+    dataset, _, split, _ = prepared
+    assert sorted(p.name for p in (split.folder / "scenes").iterdir()) == sorted(
+        f"{dataset.scene_id('train', i)}.npz{suffix}" for i in range(2) for suffix in ("", ".meta.json"))
+    lean = _preparation().prepare(dataset, "train", tmp_path)
+    frame, full = lean[0], split[0]
+    assert frame.label_map is None and frame.pixel is None
+    for field in ("xyz", "rgb", "region", "region_ids", "region_features"):
+        assert np.array_equal(getattr(frame, field), getattr(full, field)), field
+    assert _scene_file(lean, dataset, 0).stat().st_size < _scene_file(split, dataset, 0).stat().st_size / 2
+    record = read_cache_meta(_scene_file(lean, dataset, 0))
+    assert record["frames"] == lean.frame_ids[:2] and record["points"] == [500, 500] and record["skipped"] == {}
 
 
 def test_the_pretrain_split_prepares_from_frames_alone(tmp_path):
@@ -70,8 +90,8 @@ def test_groups_count_every_training_region(prepared):
 def test_cache_is_keyed_by_configuration(prepared):
     dataset, preparation, split, root = prepared
     assert preparation.cache_dir(dataset, "train", root) == split.folder
-    assert _preparation().cache_dir(dataset, "train", root) == split.folder
-    for changed in (_preparation(teacher=SimulatedTeacher(dim=16, patch_size=8, noise=0.1)),
+    assert _preparation(keep_label_maps=True).cache_dir(dataset, "train", root) == split.folder
+    for changed in (_preparation(), _preparation(teacher=SimulatedTeacher(dim=16, patch_size=8, noise=0.1)),
                     _preparation(mask_source=RenderedMaskSource(split_prob=0.5)),
                     _preparation(points_per_frame=400)):
         assert changed.cache_dir(dataset, "train", root) != split.folder
@@ -81,8 +101,8 @@ def test_cache_is_keyed_by_configuration(prepared):
 def test_resume_skips_finished_scenes_and_redoes_unfinished_ones(tmp_path, monkeypatch):
     dataset, preparation = _dataset(), _preparation()
     split = preparation.prepare(dataset, "train", tmp_path)
-    # Simulate a run killed during scene 1: its manifest was never written.
-    (split.folder / "scenes" / f"{dataset.scene_id('train', 1)}.json").unlink()
+    # Simulate a run killed during scene 1: its file was never written.
+    _scene_file(split, dataset, 1).unlink()
     calls = []
     original = SyntheticIndoor.scene
     # Patched on the class: an instance attribute would change the dataset's fingerprint (its cache key).
@@ -91,49 +111,47 @@ def test_resume_skips_finished_scenes_and_redoes_unfinished_ones(tmp_path, monke
     assert calls == [1] and again.frame_ids == split.frame_ids
 
 
-@pytest.mark.parametrize("damage", ["truncate", "same_size"])
-def test_a_damaged_scene_manifest_is_reported_and_the_scene_prepared_again(tmp_path, monkeypatch, capsys, damage):
+def test_a_scene_file_not_of_its_recorded_size_is_reported_and_prepared_again(tmp_path, monkeypatch, capsys):
     dataset, preparation = _dataset(), _preparation()
     split = preparation.prepare(dataset, "train", tmp_path)
-    manifest = split.folder / "scenes" / f"{dataset.scene_id('train', 1)}.json"
-    data = manifest.read_bytes()
-    manifest.write_bytes(data[: len(data) // 2] if damage == "truncate" else data.replace(b"f00", b"f09"))
+    path = _scene_file(split, dataset, 1)
+    path.write_bytes(path.read_bytes()[:100])
     calls = []
     original = SyntheticIndoor.scene
     monkeypatch.setattr(SyntheticIndoor, "scene", lambda self, s, i: calls.append(i) or original(self, s, i))
     again = preparation.prepare(dataset, "train", tmp_path)
     assert calls == [1] and again.frame_ids == split.frame_ids
-    assert f"warning: preparation manifest {manifest}" in capsys.readouterr().out
+    assert f"warning: prepared scene {path}: missing or not of its recorded size" in capsys.readouterr().out
 
 
 def test_the_groups_follow_every_parameter_of_the_preparation(prepared, tmp_path):
     """K = 4 and K = 2 share the prepared frames but not the groups, nor what pretraining is keyed by."""
     dataset, preparation, split, _ = prepared
-    other = _preparation(num_groups=2).prepare(dataset, "train", tmp_path)
+    other = _preparation(num_groups=2, keep_label_maps=True).prepare(dataset, "train", tmp_path)
     assert len(other.groups["centroids"]) == 2 and len(split.groups["centroids"]) == 4
     assert other.key != split.key and other.folder.name == split.folder.name
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "wrong_dtype"])
-def test_a_damaged_frame_file_is_detected_and_recomputed(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["flip_byte", "wrong_dtype"])
+def test_a_damaged_scene_file_is_detected_when_read_and_prepared_again(tmp_path, damage, capsys):
     dataset, preparation = _dataset(), _preparation()
-    split = preparation.prepare(dataset, "train", tmp_path)
-    step = frame_step(split.folder, split.frame_ids[1])
-    path = step.path
-    good = step.load(decode_frame)
+    path = _scene_file(preparation.prepare(dataset, "train", tmp_path), dataset, 1)
+    good = [frame.xyz.copy() for frame in unpack_scene(path.read_bytes())]
     data = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif damage == "flip_byte":
-        path.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
-    else:
-        np.savez(path, **{**{k: getattr(good, k) for k in ("xyz", "rgb", "pixel", "region", "region_ids",
-                                                          "label_map")},
-                          "region_features": good.region_features.astype(np.float64), "frame_id": good.frame_id})
-    assert step.load(decode_frame, quiet=True) is None  # never used
-    recovered = split[1]
-    assert np.array_equal(recovered.xyz, good.xyz) and np.array_equal(recovered.region_features, good.region_features)
-    assert step.load(decode_frame) is not None  # valid again on disk
+    if damage == "flip_byte":  # the same size: only the checksum tells
+        path.write_bytes(data[:300] + bytes([data[300] ^ 0xFF]) + data[301:])
+    else:  # a valid npz whose checksum is rewritten to match: only the validation tells
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["xyz"] = arrays["xyz"].astype(np.float64)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_cache_file(path, buffer.getvalue(), 1.0, {k: v for k, v in read_cache_meta(path).items()
+                                                        if k not in ("sha256", "bytes", "seconds")})
+    split = preparation.prepare(dataset, "train", tmp_path)  # the size matches: the damage shows when read
+    assert np.array_equal(split[2].xyz, good[0]) and np.array_equal(split[3].xyz, good[1])
+    assert f"warning: prepared scene {path}" in capsys.readouterr().out
+    unpack_scene(path.read_bytes())  # valid again on disk
 
 
 def test_frames_without_depth_are_skipped_and_recorded(tmp_path):
@@ -148,8 +166,10 @@ def test_frames_without_depth_are_skipped_and_recorded(tmp_path):
     dataset.scene = scene_with_an_empty_frame
     split = _preparation().prepare(dataset, "train", tmp_path)
     assert len(split) == 1
-    manifest = json.loads(next((split.folder / "scenes").iterdir()).read_text())
-    assert manifest["skipped_no_depth"] == [f"{dataset.scene_id('train', 0)}-f00"]
+    record = read_cache_meta(split.folder / "scenes" / f"{dataset.scene_id('train', 0)}.npz")
+    assert record["skipped"] == {f"{dataset.scene_id('train', 0)}-f00": "no valid depth"}
+    assert (split.folder / "skipped_frames.txt").read_text() == f"{dataset.scene_id('train', 0)}-f00\tno valid depth\n"
+    assert split.cost()["prepare/skipped_frames"] == 1.0
 
 
 def test_prepared_split_is_the_only_reader(prepared):

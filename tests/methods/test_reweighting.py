@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.reweighting import (GroupBalancing, assign_groups, cluster_region_features, group_counts,
-                                 group_weights, token_weights)
+from methods.region_groups import RegionSample, cluster_region_features
+from methods.reweighting import GroupBalancing, assign_groups, group_counts, group_weights, token_weights
 
 
 def test_group_weights_match_hand_computation():
@@ -60,11 +60,15 @@ def _blobs(seed=0):
 
 def test_kmeans_is_deterministic_and_counts_sum_to_r():
     feats, sizes = _blobs()
-    c1, a1 = cluster_region_features(feats, num_groups=3, seed=4)
-    c2, a2 = cluster_region_features(torch.from_numpy(feats).float().double(), num_groups=3, seed=4)
-    np.testing.assert_array_equal(a1, a2)
-    np.testing.assert_allclose(c1, c2)
+    first = cluster_region_features(feats, num_groups=3, seed=4)
+    second = cluster_region_features(torch.from_numpy(feats).float().double(), num_groups=3, seed=4)
+    c1, a1 = first.centroids, first.assignment
+    np.testing.assert_array_equal(a1, second.assignment)
+    np.testing.assert_allclose(c1, second.centroids, rtol=1e-6)  # float32-rounded input: nearly the same
+    np.testing.assert_array_equal(c1, cluster_region_features(feats, num_groups=3, seed=4).centroids)  # bytes
     assert a1.dtype == np.int64 and c1.shape == (3, 2)
+    assert 1 <= first.iterations < 300 and first.inertia == pytest.approx(
+        sum(((feats - c1[a1]) ** 2).sum(axis=1)))  # converged, and its inertia is the sum of squared distances
     counts = group_counts(a1, 3)
     assert counts.sum() == len(feats)
     assert sorted(counts.tolist()) == sorted(sizes)  # well-separated blobs are recovered
@@ -72,12 +76,12 @@ def test_kmeans_is_deterministic_and_counts_sum_to_r():
 
 def test_kmeans_caps_groups_at_distinct_rows():
     feats = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 2.0], [2.0, 2.0], [5.0, 5.0]])
-    centroids, assignment = cluster_region_features(feats, num_groups=32, seed=0)
+    fit = cluster_region_features(feats, num_groups=32, seed=0)
+    centroids, assignment = fit.centroids, fit.assignment
     assert centroids.shape == (3, 2)
     assert group_counts(assignment, len(centroids)).tolist().count(0) == 0
     assert assignment[0] == assignment[1] and assignment[2] == assignment[3]
-    _, single = cluster_region_features(feats[:1], num_groups=32)
-    assert single.tolist() == [0]
+    assert cluster_region_features(feats[:1], num_groups=32).assignment.tolist() == [0]
     with pytest.raises(ValueError):
         cluster_region_features(np.zeros((0, 4)))
 
@@ -97,3 +101,26 @@ def test_group_balancing_switch():
     assert on.tolist()[0][:3] == pytest.approx([1.8, 0.6, 0.6]) and on[0, 3] == 0
     off = GroupBalancing(enabled=False).weights_of_tokens(groups, weights, valid)
     assert off.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+def test_a_region_sample_keeps_everything_in_order_while_it_fits_and_a_fair_share_after():
+    rows = np.arange(40, dtype=np.float32).reshape(20, 2)
+    small = RegionSample(100, seed=0)
+    for part in np.split(rows, [3, 9]):
+        small.add(part)
+    np.testing.assert_array_equal(small.rows(), rows)
+    hits = np.zeros(1000)
+    for seed in range(400):  # every row of the stream ends in a 100-row sample with chance 1/10
+        sample = RegionSample(100, seed)
+        stream = np.arange(1000, dtype=np.float32)[:, None]
+        for part in np.array_split(stream, 7):
+            sample.add(part)
+        assert sample.seen == 1000 and sample.rows().shape == (100, 1)
+        hits[sample.rows()[:, 0].astype(int)] += 1
+    assert abs(hits.mean() - 40) < 1e-9 and hits[:500].mean() == pytest.approx(hits[500:].mean(), rel=0.05)
+    again = RegionSample(100, 3)
+    for part in np.array_split(np.arange(1000, dtype=np.float32)[:, None], 2):  # other chunks, same stream
+        again.add(part)
+    reference = RegionSample(100, 3)
+    for part in np.array_split(np.arange(1000, dtype=np.float32)[:, None], 7):
+        reference.add(part)
+    np.testing.assert_array_equal(again.rows(), reference.rows())  # the stream decides, not its chunks
