@@ -38,9 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
                         help=f"folder for everything a run writes, the embedded MLflow store included "
                              f"(default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument("--prepare", action="store_true",
+                        help="prepare the table's pretraining data (masks, teacher features, groups) and train "
+                             "nothing; every process given it takes a share of the scenes (torchrun ranks, array "
+                             "jobs on one results folder)")
+    parser.add_argument("--shard", type=_shard, metavar="I/N",
+                        help="with --prepare: only the scenes whose index is I modulo N, and no groups (an array "
+                             "job's task I of N); a --prepare without --shard after every shard makes the groups")
     parser.add_argument("--profile", action="store_true",
                         help="print at the end where the run's time went: per step kind and per training phase")
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N) with 0 <= I < N."""
+    parts = text.split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        index, count = (int(p) for p in parts)
+        if 0 <= index < count:
+            return index, count
+    raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
 
 
 def _terminate_as_interrupt(signum, frame):
@@ -50,10 +67,13 @@ def _terminate_as_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run_bench.py; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.shard is not None and not args.prepare:
+        parser.error("--shard goes with --prepare (it splits the preparation, not the training)")
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     clock = timing.Stopwatch()
-    if os.environ.get("RANK", "0") == "0":  # torchrun ranks > 0 never talk to MLflow
+    if os.environ.get("RANK", "0") == "0" and not args.prepare:  # ranks > 0 and --prepare never talk to MLflow
         mlflow_store.prewarm()  # MLflow's import overlaps torch's and the config's
     try:
         code = _run(args, clock)
@@ -90,7 +110,10 @@ def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
                 experiment = Experiment()
             except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
                 raise HarnessError(describe_gin_error(e, source="config")) from None
-        experiment.run(args.results_dir)
+        if args.prepare:
+            experiment.prepare(args.results_dir, args.shard)
+        else:
+            experiment.run(args.results_dir)
         distributed.shutdown()  # after success only: on errors, a rank mid-collective could hang here
         if args.profile and distributed.rank() == 0:
             print("\n" + timing.profile_report(timing.totals(), clock.seconds,

@@ -27,7 +27,7 @@ from bench.provenance import provenance_tags
 from bench.results_layout import ResultsLayout
 from bench.row_context import RowContext
 from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe
-from bench.validation import check_memory, check_table, validate_rows
+from bench.validation import check_memory, check_table, components, validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
 from infra import distributed, progress, startup, steps, timing
@@ -149,6 +149,26 @@ class Experiment:
                     return final
             finally:
                 _set_torch_threads(threads)
+
+    def prepare(self, results_dir: str | os.PathLike, shard: tuple[int, int] | None = None) -> int:
+        """Prepare the pretraining data of every row (each preparation once) and train nothing; with
+        ``shard = (i, n)`` only the scenes of index i modulo n and no groups. Every process of a torchrun
+        or an array job may run this on one results folder: they split the scenes by file locks. Returns
+        how many preparations it went through."""
+        layout = ResultsLayout.at(results_dir)
+        built = validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
+        done: set[str] = set()
+        for row, made in built.items():
+            context = self._context(row, self.base_seed, layout, NullRun())
+            for part in components(made):
+                if hasattr(part, "prepare_data") and (key := part.data_key(context)) not in done:
+                    done.add(key)
+                    part.prepare_data(context, shard)
+        where = f"shard {shard[0]} of 0..{shard[1] - 1}" if shard else "every scene and the groups"
+        print(f"prepared {len(done)} pretraining data set{'s' if len(done) != 1 else ''} ({where}) under "
+              f"{layout.cache / 'prepare'}" + ("; a --prepare without --shard after every shard makes the "
+                                             "groups" if shard else ""), flush=True)
+        return len(done)
 
     def _connect(self, layout: ResultsLayout, owner: owners.Owner) -> tuple[Tracker, str]:
         """Reach the tracking store (also checked before any work) and end the runs of killed invocations.

@@ -113,6 +113,17 @@ class CachedStep(Generic[T]):
         with try_step_lock(self.lock) as held:
             yield held
 
+    def drop_lock_file(self) -> None:
+        """Remove the step's lock file, its file being written (called while the lock is held).
+
+        A split of many thousand steps would otherwise leave one lock file per step on a shared filesystem.
+        It is safe: a process still waiting on the removed file, or one locking a new file of the same name,
+        looks for the step's file first under its lock and finds it; where that file is later found damaged,
+        two processes may both make it again, each writing the same bytes atomically.
+        """
+        if self.lock is not None:
+            self.lock.unlink(missing_ok=True)
+
     def get(self, compute: Callable[[], T], encode: Callable[[T], bytes], decode: Callable[[bytes], T]) -> T:
         """The step's value: read from its file, or computed (under the step's claim, after a second look in
         case another process made it meanwhile) and saved with the seconds it took."""
@@ -143,19 +154,23 @@ def make_missing(items: Iterable[Item], step: Callable[[Item], CachedStep],
     results: dict = {}
     by_others, deferred = 0, []
     for item in items:
-        with step(item).try_claim() as held:
+        item_step = step(item)
+        with item_step.try_claim() as held:
             if not held:
                 deferred.append(item)
                 continue
-            by_others += _make_one(item, existing, make, results)
+            by_others += _make_one(item, item_step, existing, make, results)
     for item in deferred:
-        with step(item).claim():
-            by_others += _make_one(item, existing, make, results)
+        item_step = step(item)
+        with item_step.claim():
+            by_others += _make_one(item, item_step, existing, make, results)
     return results, by_others
 
 
-def _make_one(item, existing, make, results: dict) -> int:
-    """Store ``item``'s result; 1 if another process had made it, else 0."""
+def _make_one(item, item_step: CachedStep, existing, make, results: dict) -> int:
+    """Store ``item``'s result; 1 if another process had made it, else 0. The item's lock file goes once its
+    file is written (``CachedStep.drop_lock_file``)."""
     found = existing(item)
     results[item] = make(item) if found is None else found
+    item_step.drop_lock_file()
     return int(found is not None)

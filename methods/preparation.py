@@ -278,8 +278,7 @@ def _decode_groups(data: bytes) -> dict[str, np.ndarray]:
 
 
 def _groups_bytes(groups: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **groups)
+    np.savez(buffer := io.BytesIO(), **groups)
     return buffer.getvalue()
 
 
@@ -358,37 +357,44 @@ class PreparedSplit:
         """The ``i``-th prepared frame with its regions' groups; scenes read once stay in this process's memory
         (read-only, within a byte budget, see ``infra.memory_cache``)."""
         scene, position = self._where[i]
-        return self._scene(scene, with_groups=True)[position]
+        return self._grouped_scene(scene)[position]
 
     def scene_frames(self):
-        """Every scene's frames in order, without groups (what the groups are computed from)."""
+        """Every scene's frames in order, without groups (what the groups are computed from), read one at a
+        time and not kept: the groups step's memory does not grow with the split."""
         for scene in range(len(self.manifests)):
-            yield self._scene(scene, with_groups=False)
+            yield self._read_scene(scene)
 
-    def _scene(self, scene: int, with_groups: bool) -> list[PreparedFrame]:
-        scene_id, done = self.manifests[scene]
-        index = self._dataset_index(scene_id)
-        step = self._preparation._scene_step(self._dataset, self._split, index, self.folder)
-        groups_key = fingerprint(np.asarray(self.groups["centroids"])) if with_groups else "no groups"
-        key = file_key(step.path, groups_key)
-        frames = _LOADED.get(key)
-        if frames is not None:
-            return frames
-        frames = step.load(lambda data: unpack_scene(data, done["frames"]))
-        if frames is None:  # changed since written, or unreadable (said by load): prepared again, then read
-            with step.claim():
-                self._preparation._prepare_scene(self._dataset, self._split, index, self.folder)
-            frames = step.load(lambda data: unpack_scene(data, done["frames"]))
-            if frames is None:
-                raise DataError(f"{step.path}: prepared again, still unreadable (is the disk failing?)")
-            key = file_key(step.path, groups_key)
-        if with_groups:
+    def _grouped_scene(self, scene: int) -> list[PreparedFrame]:
+        path = self._step(scene).path
+        centroids = fingerprint(np.asarray(self.groups["centroids"]))
+        frames = _LOADED.get(file_key(path, centroids))
+        if frames is None:
+            frames = self._read_scene(scene)
             for frame in frames:
                 features = torch.from_numpy(frame.region_features.astype(np.float32))
                 frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
-        return _LOADED.put(key, [freeze_arrays(f) for f in frames], sum(array_bytes(f) for f in frames))
+            frames = _LOADED.put(file_key(path, centroids), [freeze_arrays(f) for f in frames],
+                                 sum(array_bytes(f) for f in frames))
+        return frames
 
-    def _dataset_index(self, scene_id: str) -> int:
-        if not hasattr(self, "_index"):
-            self._index = {self._dataset.scene_id(self._split, i): i for i in range(self._dataset.num_scenes(self._split))}
-        return self._index[scene_id]
+    def _read_scene(self, scene: int) -> list[PreparedFrame]:
+        """A scene's frames from its file; a file changed since written or unreadable is prepared again."""
+        done, step = self.manifests[scene][1], self._step(scene)
+        frames = step.load(lambda data: unpack_scene(data, done["frames"]))
+        if frames is None:  # changed since written, or unreadable (said by load): prepared again, then read
+            with step.claim():
+                self._preparation._prepare_scene(self._dataset, self._split, self._index(scene), self.folder)
+            frames = step.load(lambda data: unpack_scene(data, done["frames"]))
+            if frames is None:
+                raise DataError(f"{step.path}: prepared again, still unreadable (is the disk failing?)")
+        return frames
+
+    def _index(self, scene: int) -> int:
+        if not hasattr(self, "_indices"):  # the dataset's index of each prepared scene
+            dataset, split = self._dataset, self._split
+            self._indices = {dataset.scene_id(split, i): i for i in range(dataset.num_scenes(split))}
+        return self._indices[self.manifests[scene][0]]
+
+    def _step(self, scene: int) -> CachedStep:
+        return self._preparation._scene_step(self._dataset, self._split, self._index(scene), self.folder)

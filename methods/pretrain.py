@@ -14,7 +14,6 @@ import gin
 import torch
 
 from infra import timing
-from infra.distributed import main_first
 from infra.fingerprint import fingerprint
 from infra.progress import note_once
 from infra.seeding import derive_seed, torch_seeded
@@ -146,28 +145,36 @@ class PretrainRow:
         return (context.dataset if self.dataset is None else self.dataset,
                 context.train_split if self.split is None else self.split)
 
-    def _data_key(self, context) -> str:
+    def data_key(self, context) -> str:
+        """The content key of this row's prepared frames and groups (rows sharing it share the preparation)."""
         dataset, split = self._source(context)
         return self.preparation.data_key(dataset, split, context.cache_root)
 
     def key(self, context) -> str:
         """The content key of this row's pretrained encoder, computed without preparing or training."""
-        return self.stage.key(self._data_key(context), context.seed)
+        return self.stage.key(self.data_key(context), context.seed)
 
     def stage_keys(self, context) -> list[str]:
         """The content keys of every stage of the chain, first stage first (nothing is run)."""
         stage, keys = self.stage, []
         while stage is not None:
-            keys.insert(0, stage.key(self._data_key(context), context.seed))
+            keys.insert(0, stage.key(self.data_key(context), context.seed))
             stage = stage.previous
         return keys
+
+    def prepare_data(self, context, shard: tuple[int, int] | None = None) -> None:
+        """Prepare this row's pretraining frames and, without ``shard``, their groups; train nothing
+        (``run_bench.py --prepare``)."""
+        dataset, split = self._source(context)
+        self.preparation.prepare(dataset, split, context.cache_root, shard=shard)
 
     def pretrain(self, context) -> Pretrained:
         """Prepare (cached), pretrain (cached by stage), log each stage's token report (``tokens/<stage>/*``,
         on the first frames) and the loss curves, report the curves' end points."""
         dataset, split = self._source(context)
-        with main_first():  # under torchrun rank 0 fills the cache, then the other ranks read it
-            prepared = self.preparation.prepare(dataset, split, context.cache_root)
+        # Every process prepares: torchrun ranks split the scenes by their file locks and wait on files,
+        # never on a collective, for as long as the preparation takes (methods.preparation).
+        prepared = self.preparation.prepare(dataset, split, context.cache_root)
         context.notes.setdefault("pretraining data", f"{dataset.info.name}/{split}")
         context.notes.setdefault("teacher", self.preparation.teacher.description)
         context.notes.setdefault("masks", self.preparation.mask_source.description)
