@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import time
 import zlib
 from typing import Callable, Sequence
 
@@ -22,9 +23,11 @@ import gin
 import numpy as np
 
 from datasets.types import Frame
+from infra.checks import check_choice
 from infra.errors import HarnessError
 from infra.fingerprint import file_digest
 from methods.model_weights import load_weights, resolve_device
+from methods.sam_phases import SamPhases, encode_in_bf16
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -111,6 +114,8 @@ class SamMaskSource(MaskSource):
         ``'cuda:N'``; resolved when the source is built, kept in ``device`` and shown in ``description``.
       model_builder: optional ``builder(checkpoint=None) -> Sam`` (the registry's signature) replacing
         the registry lookup (custom or tiny models); ``model_type`` is then only a label.
+      encoder_bf16: run the image encoder (most of a frame's GPU time) under bf16 autocast [choice: off;
+        the masks change slightly, so it is part of the preparation's key; meant for CUDA].
       The remaining arguments are ``SamAutomaticMaskGenerator``'s, passed through unchanged.
     """
 
@@ -119,7 +124,8 @@ class SamMaskSource(MaskSource):
                  stability_score_thresh: float = 0.92, stability_score_offset: float = 1.0,
                  box_nms_thresh: float = 0.7, crop_n_layers: int = 1, crop_nms_thresh: float = 0.7,
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                 min_mask_region_area: int = 100, model_builder: Callable | None = None):
+                 min_mask_region_area: int = 100, model_builder: Callable | None = None,
+                 encoder_bf16: bool = False):
         self.checkpoint = pathlib.Path(checkpoint)
         if not self.checkpoint.is_file():
             raise HarnessError(f"SamMaskSource.checkpoint: SAM checkpoint not found: {self.checkpoint} "
@@ -127,6 +133,8 @@ class SamMaskSource(MaskSource):
         # Resolved now: the preparation cache key and the tables then name the device the masks come from.
         self.device = resolve_device(device, "SamMaskSource.device")
         self.model_type, self.model_builder = model_type, model_builder
+        check_choice("SamMaskSource.encoder_bf16", encoder_bf16, (True, False))
+        self.encoder_bf16 = encoder_bf16
         self.generator_kwargs = dict(
             points_per_side=points_per_side, points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
@@ -135,18 +143,19 @@ class SamMaskSource(MaskSource):
             crop_overlap_ratio=crop_overlap_ratio,
             crop_n_points_downscale_factor=crop_n_points_downscale_factor,
             min_mask_region_area=min_mask_region_area, output_mode="binary_mask")
-        self._generator = None
+        self._generator, self._phases, self._last_phases = None, None, {}
 
     @property
     def description(self) -> str:
-        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device})"
+        bf16 = ", image encoder in bf16" if self.encoder_bf16 else ""
+        return f"SAM {self.model_type} (checkpoint {self.checkpoint.name}, on {self.device}{bf16})"
 
     def cache_state(self) -> dict:
         """What the masks depend on (``infra.fingerprint``): the weights' content, the model, every generator
         setting but the prompts' batch size; not the checkpoint's path, nor the device."""
         settings = {k: v for k, v in self.generator_kwargs.items() if k != "points_per_batch"}
         return {"weights": file_digest(self.checkpoint), "model_type": self.model_type,
-                "model_builder": self.model_builder, **settings}
+                "model_builder": self.model_builder, "encoder_bf16": self.encoder_bf16, **settings}
 
     def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
         """(bytes on ``device``, what sets them) of one frame's masks: the model with its image encoder's
@@ -169,13 +178,24 @@ class SamMaskSource(MaskSource):
             builder = sam.sam_model_registry[self.model_type]
         model = load_weights(builder(checkpoint=None), self.checkpoint, f"SAM {self.model_type}")
         model = model.to(self.device).eval()
+        if self.encoder_bf16:
+            encode_in_bf16(model.image_encoder, self.device)
+        self._phases = SamPhases(model, self.device)
         return sam.SamAutomaticMaskGenerator(model, **self.generator_kwargs)
 
     def _labels(self, frame: Frame) -> np.ndarray:
         if self._generator is None:
             self._generator = self._build_generator()
+        clock = time.perf_counter()
         records = self._generator.generate(np.ascontiguousarray(frame.rgb))
-        return paint_masks([r["segmentation"] for r in records], frame.hw)
+        label_map = paint_masks([r["segmentation"] for r in records], frame.hw)
+        self._last_phases = self._phases.take(time.perf_counter() - clock)
+        return label_map
+
+    def frame_phases(self) -> dict[str, float]:
+        """Seconds of the last frame's masks in SAM's image encoder, its prompt decoding and the generator's
+        post-processing (``methods.sam_phases``), which the preparation records beside ``masks``."""
+        return dict(self._last_phases)
 
 
 # ------------------------------------------------------------------------------------- precomputed

@@ -39,16 +39,16 @@ from infra.cached_step import CachedStep, make_missing
 from infra.checks import check_choice, check_integer
 from infra.errors import DataError, HarnessError
 from infra.fingerprint import fingerprint
-from infra.io import atomic_write_text, read_cache_meta
+from infra.io import read_cache_meta
 from infra.machine import available_memory_bytes
 from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
+from methods.preparation_progress import PHASES, PreparationProgress, preparation_cost, write_skipped
 from methods.prepared_scenes import FORMAT, PreparedFrame, pack_scene, unpack_scene
 from methods.region_groups import RegionSample, cluster_region_features
 from methods.regions import region_features
 from methods.reweighting import assign_groups, group_counts, group_weights
 
 GROUPS_FIT = "sklearn-kmeans-lloyd"  # part of the groups' key: another fit is another file
-PHASES = ("read", "masks", "teacher", "points")  # where a frame's seconds go, recorded per scene
 _SKIPPABLE = (DataError, OSError, ValueError, EOFError)  # a broken frame's errors; the others are bugs
 _LOADED = ByteBudgetCache()  # prepared scenes this process has read (with their groups)
 
@@ -139,6 +139,9 @@ class FramePreparation:
         clock, phases = timing.Stopwatch(), {} if phases is None else phases
         label_map = self.mask_source(frame)
         phases["masks"] = phases.get("masks", 0.0) + clock.lap()
+        for part, seconds in (self.mask_source.frame_phases() if hasattr(self.mask_source, "frame_phases")
+                              else {}).items():
+            phases[part] = phases.get(part, 0.0) + seconds
         xyz, pix = backproject(frame.depth, frame.intrinsics, frame.pose)
         if len(xyz) == 0:
             raise DataError("no valid depth")
@@ -182,7 +185,7 @@ class FramePreparation:
         if shard is not None:
             return None
         ordered = [(dataset.scene_id(split, i), manifests[i]) for i in sorted(manifests)]
-        _write_skipped(folder, ordered)
+        write_skipped(folder, ordered)
         if not any(done["frames"] for _, done in ordered):
             raise DataError(f"prepare: no frame of {dataset.info.name}/{split} could be prepared (see "
                             f"{folder / 'skipped_frames.txt'}; pretraining needs RGB-D frames with regions)")
@@ -282,50 +285,6 @@ def _groups_bytes(groups: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_skipped(folder: pathlib.Path, manifests: list[tuple[str, dict]]) -> None:
-    """``skipped_frames.txt``: every frame the preparation skipped and why (one line each), when there are any."""
-    lines = [f"{frame}\t{why}" for _, done in manifests for frame, why in done.get("skipped", {}).items()]
-    if lines:
-        atomic_write_text(folder / "skipped_frames.txt", "\n".join(lines) + "\n")
-        progress.note_once(f"{len(lines)} frames of {folder.name} could not be prepared and were skipped "
-                           f"(listed in {folder / 'skipped_frames.txt'})")
-
-
-class PreparationProgress:
-    """One line every 30 s or so while a split is prepared: scenes done of those to do, frames, frames per
-    second, time left (this process; every process prints its own); the phases' costs at the end."""
-
-    def __init__(self, name: str, total: int):
-        self.name, self.total, self.scenes, self.frames, self.bytes = name, total, 0, 0, 0
-        self.phases = dict.fromkeys(PHASES, 0.0)
-        self.clock, self._last = timing.Stopwatch(), 0.0
-
-    def done(self, manifest: dict) -> dict:
-        """Count a scene this process prepared (``_prepare_scene``'s manifest), which it returns."""
-        self.scenes += 1
-        self.frames += len(manifest["frames"])
-        self.bytes += manifest["bytes"]
-        for phase, seconds in manifest["phases"].items():
-            self.phases[phase] += seconds
-        elapsed = self.clock.seconds
-        if elapsed - self._last >= 30 and self.scenes < self.total:
-            self._last = elapsed
-            left = elapsed / self.scenes * (self.total - self.scenes)
-            print(f"prepare {self.name}: {self.scenes} of {self.total} scenes, {self.frames} frames, "
-                  f"{self.frames / elapsed:.2f} frames/s, about {progress.duration(left)} left", flush=True)
-        return manifest
-
-    def summary(self, by_others: int) -> None:
-        frames = max(1, self.frames)
-        costs = ", ".join(f"{phase} {seconds / frames:.3f}" for phase, seconds in self.phases.items())
-        progress.step(f"preparation {self.name}",
-                      f"{self.scenes} of {self.total} scenes ({self.frames} frames) prepared in "
-                      f"{progress.duration(self.clock.seconds)}" + (f", {by_others} by another process" if by_others
-                                                                     else "")
-                      + (f"; seconds a frame: {costs}; {self.bytes / frames / 1e6:.2f} MB a frame" if self.frames
-                         else ""))
-
-
 class PreparedSplit:
     """The prepared frames of a split, read lazily scene by scene from the cache, with the re-weighting
     groups (``groups`` is None until ``FramePreparation.prepare`` sets it)."""
@@ -343,12 +302,7 @@ class PreparedSplit:
 
     def cost(self) -> dict[str, float]:
         """Seconds a frame per phase, bytes a frame and frames skipped, whichever process prepared them."""
-        frames = max(1, len(self.frame_ids))
-        out = {f"prepare/seconds_per_frame/{phase}": sum(done.get("phases", {}).get(phase, 0.0)
-                                                        for _, done in self.manifests) / frames for phase in PHASES}
-        out["prepare/bytes_per_frame"] = sum(done.get("bytes", 0) for _, done in self.manifests) / frames
-        out["prepare/skipped_frames"] = float(sum(len(done.get("skipped", {})) for _, done in self.manifests))
-        return out
+        return preparation_cost(self.manifests)
 
     def __len__(self) -> int:
         return len(self.frame_ids)

@@ -1,4 +1,6 @@
-"""``python -m bench.perf kmeans [--rows R] [--dim C] [--groups K] [--frames F]``: the re-weighting groups' k-means.
+"""``python -m bench.perf kmeans``: the re-weighting groups' k-means, fit and whole step.
+
+Options: ``--rows R --dim C --groups K`` (the fit's shape), ``--frames F --capacity S`` (the groups step).
 
 1. The fit, on stand-in region features of the paper's shape (200,000 x 768, K = 32; rows drawn around 64
    centres with noise, float32), one thread, each method in a fresh process: scipy's ``kmeans2`` (10 fixed
@@ -40,24 +42,22 @@ def _inertia(data: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def _fit(method: str, rows: int, dim: int, k: int) -> dict:
+    from scipy.cluster.vq import kmeans2
+    from sklearn.cluster import MiniBatchKMeans
     from threadpoolctl import threadpool_limits
 
+    from methods.region_groups import cluster_region_features
+
     data = _features(rows, dim)
-    clock = time.perf_counter()
+    clock = time.perf_counter()  # the imports above are not timed
     with threadpool_limits(limits=1):
         if method == "kmeans2":
-            from scipy.cluster.vq import kmeans2
-
             centroids, _ = kmeans2(data.astype(np.float64), k, iter=10, minit="++", seed=0)
             iterations = 10
         elif method == "harness":
-            from methods.region_groups import cluster_region_features
-
             fit = cluster_region_features(data, k, seed=0)
             centroids, iterations = fit.centroids, fit.iterations
         else:
-            from sklearn.cluster import MiniBatchKMeans
-
             fit = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=4096, random_state=0).fit(data)
             centroids, iterations = fit.cluster_centers_, int(fit.n_iter_)
     seconds = time.perf_counter() - clock
@@ -81,7 +81,7 @@ class _StandInScenes:
         return f"standin-{index:05d}"
 
 
-def _groups_step(frames: int, dim: int, k: int) -> dict:
+def _groups_step(scenes: int, dim: int, k: int, capacity: int) -> dict:
     import pathlib
 
     from methods.mask_sources import RenderedMaskSource
@@ -90,8 +90,9 @@ def _groups_step(frames: int, dim: int, k: int) -> dict:
     from methods.teachers import SimulatedTeacher
 
     rng, per_scene = np.random.default_rng(0), 65
-    dataset = _StandInScenes(-(-frames // per_scene))
-    preparation = FramePreparation(RenderedMaskSource(), SimulatedTeacher(dim=dim), num_groups=k)
+    dataset = _StandInScenes(scenes)
+    preparation = FramePreparation(RenderedMaskSource(), SimulatedTeacher(dim=dim), num_groups=k,
+                                   max_kmeans_regions=capacity)
     with tempfile.TemporaryDirectory() as folder:
         manifests = []
         for index in range(dataset.scenes):
@@ -130,12 +131,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--groups", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=2_600, help="frames of the groups step's 1x (and 4x)")
+    parser.add_argument("--frames", type=int, default=2_600, help="frames of the groups step's 1x (then 4x), in "
+                        "scenes of 65 frames with 100 regions each")
+    parser.add_argument("--capacity", type=int, default=200_000, help="the groups' k-means sample (max_kmeans_regions)")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # inside a fresh process
         what, value = args.one[0], int(args.one[1])
-        result = (_groups_step(value, args.dim, args.groups) if what == "groups"
+        result = (_groups_step(value, args.dim, args.groups, args.capacity) if what == "groups"
                   else _fit(what, args.rows, args.dim, args.groups))
         print(json.dumps(result))
         return 0
@@ -147,9 +150,11 @@ def main(argv: list[str]) -> int:
         print(f"  {method:9s} {fit['seconds']:7.1f} s ({fit['seconds'] / reference['seconds']:.2f}x)  "
               f"{fit['iterations']:3d} iterations  inertia {fit['inertia']:.4e} "
               f"({fit['inertia'] / reference['inertia']:.4f}x)  peak {fit['peak_mb']:.0f} MB")
-    print(f"groups step over stand-in prepared scenes ({args.dim}-d, K = {args.groups}, sample of 200,000 regions)")
-    steps = [_in_fresh_process("groups", str(n), f"--dim={args.dim}", f"--groups={args.groups}")
-             for n in (args.frames, 4 * args.frames)]
+    print(f"groups step over stand-in prepared scenes ({args.dim}-d, K = {args.groups}, sample of {args.capacity} "
+          "regions)")
+    scenes = max(1, round(args.frames / 65))
+    steps = [_in_fresh_process("groups", str(n), f"--dim={args.dim}", f"--groups={args.groups}",
+                               f"--capacity={args.capacity}") for n in (scenes, 4 * scenes)]
     for step in steps:
         print(f"  {step['frames']:6d} frames, {step['regions']} regions: {step['seconds']:.1f} s, "
               f"{step['iterations']} iterations, peak memory +{step['growth_mb']:.0f} MB")

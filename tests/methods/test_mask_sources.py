@@ -355,3 +355,41 @@ def test_sam_says_what_a_frame_needs_on_its_device(tiny_sam_checkpoint):
 
     small, large = source(64).frame_memory((480, 640)), source(4096).frame_memory((480, 640))
     assert large[0] > small[0] > 64 * 3 * 480 * 640 * 4 and large[1] == "SamMaskSource.points_per_batch = 4096"
+
+
+def _tiny_sam(checkpoint, **overrides) -> SamMaskSource:
+    kwargs = dict(model_type="tiny", model_builder=build_tiny_sam, device="cpu", points_per_side=4,
+                  pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0,
+                  min_mask_region_area=0)
+    return SamMaskSource(str(checkpoint), **{**kwargs, **overrides})
+
+
+def test_sam_says_where_a_frames_time_goes_and_the_preparation_records_it(tiny_sam_checkpoint):
+    from methods.preparation import FramePreparation
+    from methods.teachers import SimulatedTeacher
+
+    preparation = FramePreparation(_tiny_sam(tiny_sam_checkpoint), SimulatedTeacher(dim=8), points_per_frame=64)
+    phases: dict[str, float] = {}
+    with torchvision_shim():
+        preparation.prepare_frame(make_frame(), phases)
+    parts = {k: phases[k] for k in ("masks_encoder", "masks_decoder", "masks_post")}
+    assert parts["masks_encoder"] > 0 and parts["masks_decoder"] > 0 and parts["masks_post"] >= 0
+    # the parts are the masks' own seconds: together at most the masks' time, most of it
+    assert 0.5 * phases["masks"] <= sum(parts.values()) <= phases["masks"] + 1e-6, phases
+
+
+def test_sam_image_encoder_in_bf16_is_an_option_and_part_of_the_key(tiny_sam_checkpoint):
+    plain, bf16 = _tiny_sam(tiny_sam_checkpoint), _tiny_sam(tiny_sam_checkpoint, encoder_bf16=True)
+    assert bf16.description.endswith("on cpu, image encoder in bf16)")
+    assert bf16.cache_state() != plain.cache_state()
+    dtypes = []
+    with torchvision_shim():
+        bf16(make_frame())  # builds the generator
+        encoder = bf16._generator.predictor.model.image_encoder
+        encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        label_map = bf16(make_frame())
+        embedding = encoder(torch.zeros(1, 3, 64, 64))
+    assert dtypes == [torch.bfloat16] * 6  # the encoder's matmuls ran in bf16: 1 + 4 crops, then the call above
+    assert embedding.dtype == torch.float32 and label_map.dtype == np.int32 and num_regions(label_map) > 1
+    with pytest.raises(ValueError, match="SamMaskSource.encoder_bf16"):
+        _tiny_sam(tiny_sam_checkpoint, encoder_bf16="yes")
