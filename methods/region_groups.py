@@ -51,20 +51,40 @@ def cluster_region_features(features: np.ndarray | torch.Tensor, num_groups: int
     from sklearn.cluster import KMeans  # scikit-learn costs a second to import; only preparation needs it
     from threadpoolctl import threadpool_limits
 
-    data = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
-                      dtype=np.float64)
+    # Our own float64 copy, so scikit-learn may centre it in place (copy_x=False) instead of copying it again:
+    # at 200,000 x 768 that is 1.2 GB less at the peak, the same bytes out.
+    data = np.array(features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features,
+                    dtype=np.float64, copy=True)
     if data.ndim != 2 or data.shape[0] == 0:
         raise ValueError(f"features: expected a non-empty (R, C) array, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise ValueError("features: expected finite values, got NaN or inf")
     if num_groups < 1:
         raise ValueError(f"num_groups: expected >= 1, got {num_groups}")
-    k = min(num_groups, len(np.unique(data, axis=0)))
+    k = min(num_groups, _distinct_rows_up_to(data, num_groups))
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Number of distinct clusters")
         fit = KMeans(n_clusters=k, init="k-means++", n_init=1, tol=tol, max_iter=max_iter,
-                     random_state=seed, algorithm="lloyd").fit(data)
+                     random_state=seed, algorithm="lloyd", copy_x=False).fit(data)
     return GroupFit(fit.cluster_centers_, fit.labels_.astype(np.int64), int(fit.n_iter_), float(fit.inertia_))
+
+
+def _distinct_rows_up_to(data: np.ndarray, limit: int) -> int:
+    """min(limit, number of distinct rows of ``data``), exactly.
+
+    ``np.unique(data, axis=0)`` sorts a copy of every row (at the paper's sample, gigabytes); a seeded hash
+    of each row's bytes answers the usual case alone: ``limit`` distinct hashes are ``limit`` distinct rows.
+    Only fewer distinct hashes than ``limit`` (collisions are possible, so not proof) asks for the exact count.
+    """
+    multipliers = np.random.default_rng(0).integers(1, 2**63, data.shape[1], dtype=np.uint64) | np.uint64(1)
+    hashes = np.empty(len(data), np.uint64)
+    for start in range(0, len(data), 8192):
+        words = (data[start:start + 8192] + 0.0).view(np.uint64)  # + 0.0: -0.0 and 0.0 are one value, one hash
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+            hashes[start:start + 8192] = (words * multipliers).sum(axis=1, dtype=np.uint64)
+    if len(np.unique(hashes)) >= limit:
+        return limit
+    return min(limit, len(np.unique(data, axis=0)))
 
 
 class RegionSample:

@@ -9,8 +9,8 @@ Options: ``--rows R --dim C --groups K`` (the fit's shape), ``--frames F --capac
    rows and peak resident memory, with the ratios against ``kmeans2``.
 2. The whole groups step (``FramePreparation._groups``: stream the prepared scenes into the sample, fit,
    assign every region) over stand-in prepared scenes of 65 frames, 100 regions of ``--dim`` features and
-   2,000 points each, at F and 4 F frames, each in a fresh process: the growth of peak resident memory over
-   the step, which must not grow with the frames.
+   2,000 points each (features around 64 centres, as in 1.), at F and 4 F frames, each in a fresh process:
+   the growth of peak resident memory over the step, which must not grow with the frames.
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def _groups_step(scenes: int, dim: int, k: int, capacity: int) -> dict:
     from methods.teachers import SimulatedTeacher
 
     rng, per_scene = np.random.default_rng(0), 65
+    centres = rng.normal(size=(64, dim))  # regions drawn around centres as in the fit above: a k-means that converges
     dataset = _StandInScenes(scenes)
     preparation = FramePreparation(RenderedMaskSource(), SimulatedTeacher(dim=dim), num_groups=k,
                                    max_kmeans_regions=capacity)
@@ -99,7 +100,8 @@ def _groups_step(scenes: int, dim: int, k: int, capacity: int) -> dict:
             scene = [PreparedFrame(f"{dataset.scene_id('x', index)}-{f}", rng.normal(size=(2000, 3)).astype(np.float32),
                                    np.zeros((2000, 3), np.uint8), rng.integers(0, 101, 2000).astype(np.int32),
                                    np.arange(1, 101, dtype=np.int32),
-                                   rng.normal(size=(100, dim)).astype(np.float16)) for f in range(per_scene)]
+                                   (centres[rng.integers(0, 64, 100)] + 0.5 * rng.normal(size=(100, dim))
+                                    ).astype(np.float16)) for f in range(per_scene)]
             manifest = {"frames": [f.frame_id for f in scene], "points": [2000] * per_scene, "skipped": {}}
             data = pack_scene(scene, keep_label_maps=False)
             preparation._scene_step(dataset, "x", index, pathlib.Path(folder)).save(data, 0.0, extra=manifest)

@@ -86,6 +86,19 @@ def test_kmeans_caps_groups_at_distinct_rows():
         cluster_region_features(np.zeros((0, 4)))
 
 
+def test_kmeans_counts_distinct_rows_by_value_and_leaves_the_input_alone():
+    # -0.0 and 0.0 are one value: two distinct rows here, whatever their bytes.
+    feats = np.array([[0.0, 1.0], [-0.0, 1.0], [3.0, 3.0], [3.0, 3.0]])
+    before = feats.copy()
+    fit = cluster_region_features(feats, num_groups=32, seed=0)
+    assert fit.centroids.shape == (2, 2) and fit.assignment[0] == fit.assignment[1] != fit.assignment[2]
+    np.testing.assert_array_equal(feats, before)  # the fit centres its own copy, never the caller's array
+    assert np.signbit(feats[1, 0])
+    # Many rows, many distinct: K groups, exactly as the sorted count would give.
+    blobs, _ = _blobs()
+    assert len(cluster_region_features(np.repeat(blobs, 3, axis=0), num_groups=7, seed=0).centroids) == 7
+
+
 def test_assign_groups_picks_the_nearest_centroid():
     centroids = np.array([[0.0, 0.0], [10.0, 0.0]])
     feats = torch.tensor([[[1.0, 0.5], [9.0, -1.0]], [[6.0, 0.0], [4.0, 0.0]]])
