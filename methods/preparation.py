@@ -42,6 +42,7 @@ from infra.fingerprint import fingerprint
 from infra.io import read_cache_meta
 from infra.machine import available_memory_bytes
 from infra.memory_cache import ByteBudgetCache, array_bytes, file_key, freeze_arrays
+from methods.frame_pipeline import prepare_frames
 from methods.preparation_progress import PHASES, PreparationProgress, preparation_cost, write_skipped
 from methods.prepared_scenes import FORMAT, PreparedFrame, pack_scene, unpack_scene
 from methods.region_groups import RegionSample, cluster_region_features
@@ -67,19 +68,24 @@ class FramePreparation:
         regions are then assigned to their nearest centroid for the counts.
       keep_label_maps: store each frame's label map and its points' pixels too [choice: off; nothing
         pretraining reads needs them, and they are most of a frame's bytes].
+      overlap: read the next frame and make a frame's points and teacher features in a worker thread while
+        the next frame's masks are made (``methods.frame_pipeline``) [choice: on; the same bytes either way].
     """
 
     # Parameters that change the re-weighting groups only, not the prepared frames.
     GROUPS_ONLY = ("num_groups", "max_kmeans_regions")
+    # Parameters that change only how fast the same files are made: in no key.
+    SPEED_ONLY = ("overlap",)
 
     def __init__(self, mask_source=gin.REQUIRED, teacher=gin.REQUIRED, points_per_frame: int = 20_000,
                  num_groups: int = 32, seed: int = 0, max_kmeans_regions: int = 200_000,
-                 keep_label_maps: bool = False):
+                 keep_label_maps: bool = False, overlap: bool = True):
         check_integer("FramePreparation.points_per_frame", points_per_frame, 1)
         check_integer("FramePreparation.num_groups", num_groups, 1)
         check_integer("FramePreparation.seed", seed)
         check_integer("FramePreparation.max_kmeans_regions", max_kmeans_regions, 1)
         check_choice("FramePreparation.keep_label_maps", keep_label_maps, (True, False))
+        check_choice("FramePreparation.overlap", overlap, (True, False))
         self.mask_source = mask_source
         self.teacher = teacher
         self.points_per_frame = int(points_per_frame)
@@ -87,6 +93,7 @@ class FramePreparation:
         self.seed = int(seed)
         self.max_kmeans_regions = int(max_kmeans_regions)
         self.keep_label_maps = keep_label_maps
+        self.overlap = overlap
         self._checked_sizes: set[tuple[int, int]] = set()  # frame sizes whose memory was checked here
 
     def frame_memory(self, image_hw: tuple[int, int]) -> dict[str, tuple[float, str]]:
@@ -120,7 +127,7 @@ class FramePreparation:
     def cache_dir(self, dataset, split: str, cache_root: pathlib.Path) -> pathlib.Path:
         """The folder of this configuration's cache for one split: keyed by the dataset, every parameter but
         ``GROUPS_ONLY`` and the storage format."""
-        frames_config = {k: v for k, v in vars(self).items() if k not in self.GROUPS_ONLY}
+        frames_config = {k: v for k, v in vars(self).items() if k not in self.GROUPS_ONLY + self.SPEED_ONLY}
         key = fingerprint(dataset, type(self).__name__, frames_config, FORMAT)
         return pathlib.Path(cache_root) / "prepare" / f"{dataset.info.name}-{split}-{key}"
 
@@ -129,19 +136,31 @@ class FramePreparation:
         pretraining stages on it are keyed by."""
         return f"{self.cache_dir(dataset, split, cache_root).name}-{self._groups_key()}"
 
+    def cache_state(self) -> dict:
+        """What the prepared files depend on (``infra.fingerprint``): every public parameter but ``SPEED_ONLY``."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.SPEED_ONLY}
+
     def _groups_key(self) -> str:
         return fingerprint(self, GROUPS_FIT, length=12)
 
     def prepare_frame(self, frame: Frame, phases: dict[str, float] | None = None) -> PreparedFrame:
         """Masks, region features and sampled points of one frame; ``DataError`` when it has no valid depth or
         no region. ``phases`` (if given) gets the seconds of each phase added."""
+        phases = {} if phases is None else phases
+        return self._finish_frame(frame, self._frame_masks(frame, phases), phases)
+
+    def _frame_masks(self, frame: Frame, phases: dict[str, float]) -> np.ndarray:
         self.check_frame_memory(frame.hw)
-        clock, phases = timing.Stopwatch(), {} if phases is None else phases
+        clock = timing.Stopwatch()
         label_map = self.mask_source(frame)
         phases["masks"] = phases.get("masks", 0.0) + clock.lap()
         for part, seconds in (self.mask_source.frame_phases() if hasattr(self.mask_source, "frame_phases")
                               else {}).items():
             phases[part] = phases.get(part, 0.0) + seconds
+        return label_map
+
+    def _finish_frame(self, frame: Frame, label_map: np.ndarray, phases: dict[str, float]) -> PreparedFrame:
+        clock = timing.Stopwatch()
         xyz, pix = backproject(frame.depth, frame.intrinsics, frame.pose)
         if len(xyz) == 0:
             raise DataError("no valid depth")
@@ -232,18 +251,8 @@ class FramePreparation:
         with timing.span("scene generation"):
             scene = dataset.scene(split, index)
         phases["read"] += clock.lap()
-        frames, skipped = [], {}
-        for position in range(len(scene.frames)):
-            frame_id = f"{scene.scene_id}#{position}"
-            try:
-                frame = scene.frames[position]  # frames are read lazily: a corrupt file fails here
-                frame_id = frame.frame_id
-                phases["read"] += clock.lap()
-                frames.append(self.prepare_frame(frame, phases))
-            except _SKIPPABLE as e:
-                skipped[frame_id] = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                print(f"warning: frame {frame_id} skipped: {skipped[frame_id]}", flush=True)
-            clock.lap()
+        frames, skipped = prepare_frames(scene.frames, scene.scene_id, self._frame_masks, self._finish_frame,
+                                         _SKIPPABLE, self.overlap, phases)
         data = pack_scene(frames, self.keep_label_maps)
         manifest = {"frames": [f.frame_id for f in frames], "points": [len(f.xyz) for f in frames],
                     "skipped": skipped, "phases": phases}
