@@ -309,6 +309,16 @@ class PreparedSplit:
         counts = [n for _, done in manifests for n in done.get("points", [])]
         self.most_points = max(counts) if counts else None  # the most points any frame kept
 
+    @property
+    def groups(self) -> dict[str, np.ndarray] | None:
+        return self._groups
+
+    @groups.setter
+    def groups(self, groups: dict[str, np.ndarray] | None) -> None:
+        # The centroids' fingerprint keys the grouped scenes in memory: computed once here, not per frame read.
+        self._groups = groups
+        self._centroids_key = None if groups is None else fingerprint(np.asarray(groups["centroids"]))
+
     def cost(self) -> dict[str, float]:
         """Seconds a frame per phase, bytes a frame and frames skipped, whichever process prepared them."""
         return preparation_cost(self.manifests)
@@ -330,14 +340,14 @@ class PreparedSplit:
 
     def _grouped_scene(self, scene: int) -> list[PreparedFrame]:
         path = self._step(scene).path
-        centroids = fingerprint(np.asarray(self.groups["centroids"]))
-        frames = _LOADED.get(file_key(path, centroids))
+        frames = _LOADED.get(file_key(path, self._centroids_key))
         if frames is None:
             frames = self._read_scene(scene)
             for frame in frames:
                 features = torch.from_numpy(frame.region_features.astype(np.float32))
                 frame.region_groups = assign_groups(features, self.groups["centroids"]).numpy()
-            frames = _LOADED.put(file_key(path, centroids), [freeze_arrays(f) for f in frames],
+            # keyed as the file is after the read (prepared again if it was damaged)
+            frames = _LOADED.put(file_key(path, self._centroids_key), [freeze_arrays(f) for f in frames],
                                  sum(array_bytes(f) for f in frames))
         return frames
 

@@ -111,10 +111,10 @@ def _region_index(frame: PreparedFrame) -> np.ndarray:
     if len(frame.region_ids) >= np.iinfo(_REGION_INDEX).max:
         raise ValueError(f"frame {frame.frame_id!r}: {len(frame.region_ids)} regions, more than a scene file holds "
                          f"({np.iinfo(_REGION_INDEX).max - 1}); lower the mask source's region count")
-    position = np.searchsorted(frame.region_ids, frame.region)
-    found = (position < len(frame.region_ids)) & (frame.region_ids[np.minimum(position, len(frame.region_ids) - 1)]
-                                                  == frame.region) if len(frame.region_ids) else np.zeros(
-        len(frame.region), bool)
+    if not len(frame.region_ids):
+        return np.zeros(len(frame.region), _REGION_INDEX)
+    position = np.minimum(np.searchsorted(frame.region_ids, frame.region), len(frame.region_ids) - 1)
+    found = frame.region_ids[position] == frame.region  # a label past the last id lands on it and differs
     return np.where(found, position + 1, 0).astype(_REGION_INDEX)
 
 
