@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import gin
 import gin.config
@@ -202,10 +202,10 @@ def describe_gin_error(error: BaseException, source: str) -> str:
         if name.split("/")[-1].split(".")[-1] in RENAMED:
             old = name.split("/")[-1].split(".")[-1]
             return f"{where}: {first} ({old} is called {RENAMED[old]} now)"
-        return f"{where}: {first}{_did_you_mean(name, registered_names())}"
+        return f"{where}: {first}{did_you_mean(name, registered_names())}"
     if match := _NO_PARAMETER.search(first):
         configurable, parameter = match.groups()
-        return f"{where}: {first}{_did_you_mean(parameter, parameter_names(configurable))}"
+        return f"{where}: {first}{did_you_mean(parameter, parameter_names(configurable))}"
     if isinstance(error, SyntaxError) or type(error).__name__ == "TokenError":
         line, reason = _syntax_problem(error)
         if line is not None and not where.startswith("--gin_binding") and ":" not in where.rsplit("/", 1)[-1]:
@@ -296,8 +296,9 @@ def _short_path(file: str) -> str:
     return file
 
 
-def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the candidate closest to ``name``, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -110,11 +110,11 @@ class Experiment:
             self.table = check_table(self.table, built, self.dataset.info.name, self.tasks)
         config_text = gin.config_str()
         jobs, to_compute = self._jobs(layout)
+        accelerator = _uses_accelerator()
         # Rows answered from the result cache cost a file read: worker processes (each importing torch and
         # building the experiment) would only slow such a re-run down.
-        workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(),
+        workers = resolve_workers(self.workers, to_compute, self.torch_threads, accelerator,
                                   distributed.is_initialized())
-        accelerator = _uses_accelerator()
         check_memory(built, self.dataset, 1 if accelerator else workers * distributed.local_world_size(),
                      distributed.world_size(), available_memory_bytes("cuda" if accelerator else "cpu"))
         threads = _set_torch_threads(self.torch_threads)

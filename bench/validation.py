@@ -9,14 +9,13 @@ would repeat most of its points (``group_size`` far above the points it is drawn
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import pathlib
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from bench.config import describe_gin_error
+from bench.config import describe_gin_error, did_you_mean
 from infra.errors import DataError, HarnessError
 
 
@@ -82,7 +81,7 @@ def check_table(table, built: Mapping[str, object], dataset_name: str, task_fact
     """
     unknown = [row for row in table.rows if row not in built]
     for row in unknown:
-        nearest = _nearest(row, [name for name in built if name not in table.rows])
+        nearest = did_you_mean(row, [name for name in built if name not in table.rows])
         if nearest or row == table.baseline_row:
             raise HarnessError(f"TableSpec.rows: {row!r} is not a row of the experiment{nearest}; expected some "
                                f"of Experiment.rows {list(built)}"
@@ -98,7 +97,7 @@ def check_table(table, built: Mapping[str, object], dataset_name: str, task_fact
         reported |= row.metric_keys(dataset_name, tasks)
     unknown = [column for column in table.columns if column not in reported]
     if unknown:
-        raise HarnessError(f"TableSpec.columns: no row reports {unknown[0]!r}{_nearest(unknown[0], reported)}; "
+        raise HarnessError(f"TableSpec.columns: no row reports {unknown[0]!r}{did_you_mean(unknown[0], reported)}; "
                            f"expected metric keys of the rows, e.g. {', '.join(sorted(reported)[:4])}")
     return table
 
@@ -128,11 +127,10 @@ def check_memory(built: Mapping[str, object], dataset, processes: int, world_siz
                     _check_bytes(*cpu, budget, processes)
     if worst is not None:
         row_name, step, memory = worst
-        share = f" for each of the {processes} worker processes" if processes > 1 else ""
         raise HarnessError(f"row {row_name!r}, {step}: one training step would hold about "
                            f"{memory.total / 2**30:.1f} GiB, most of it {memory.largest} "
                            f"({memory.parts[memory.largest] / 2**30:.1f} GiB), more than the {budget / 2**30:.1f} GiB "
-                           f"this machine has free{share}; lower that size or TrainSchedule.batch_size"
+                           f"this machine has free{_share(processes)}; lower that size or TrainSchedule.batch_size"
                            + (" or Experiment.workers" if processes > 1 else ""))
 
 
@@ -146,14 +144,12 @@ def _check_generation(dataset, budget: float, processes: int) -> None:
 
 def _check_bytes(needed: float, what: str, budget: float, processes: int) -> None:
     if needed > budget:
-        share = f" for each of the {processes} worker processes" if processes > 1 else ""
         raise HarnessError(f"{what} would hold about {needed / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} "
-                           f"GiB this machine has free{share}; lower it")
+                           f"GiB this machine has free{_share(processes)}; lower it")
 
 
-def _nearest(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _share(processes: int) -> str:
+    return f" for each of the {processes} worker processes" if processes > 1 else ""
 
 
 def _check_split(dataset, split: str, why: str) -> None:

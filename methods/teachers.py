@@ -168,7 +168,8 @@ class Dinov2Teacher(Teacher):
     def cache_state(self) -> dict:
         """What the features depend on (``infra.fingerprint``): the model folder's files by content (config,
         weights, preprocessor) and the input size; not the folder's path, nor the device."""
-        files = sorted(p for p in self.model_dir.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+        files = sorted(p for p in self.model_dir.iterdir()
+                       if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
         return {"files": {p.name: file_digest(p) for p in files}, "image_size": self.image_size}
 
     def frame_memory(self, image_hw: tuple[int, int]) -> tuple[float, str]:
