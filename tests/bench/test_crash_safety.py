@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -27,9 +28,9 @@ def _no_env_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def _open_runs(results, owner: owners.Owner, experiment: str = "x") -> tuple[str, str]:
-    """A parent and a child run left RUNNING by ``owner``, the parent with a staging folder."""
-    tracker = Tracker(ResultsLayout(results).tracking_uri, experiment, run_tags=owner.tags)
+def _open_runs(results, owner_tags: dict[str, str], experiment: str = "x") -> tuple[str, str]:
+    """A parent and a child run left RUNNING by the owner tagged ``owner_tags``, the parent with a staging folder."""
+    tracker = Tracker(ResultsLayout(results).tracking_uri, experiment, run_tags=owner_tags)
     tracker.connect()
     parent = tracker._create("parent", {}, None)
     staging = results / experiment / f".20260101-000000-{parent.run_id[:8]}.partial"
@@ -40,17 +41,24 @@ def _open_runs(results, owner: owners.Owner, experiment: str = "x") -> tuple[str
     return parent.run_id, child.run_id
 
 
+def owner_of_an_ended_process(results) -> dict[str, str]:
+    """The run tags of an invocation whose process ended holding its owner file (as ``kill -9`` leaves it)."""
+    code = ("import json, os, sys; from bench import owners; from bench.results_layout import ResultsLayout; "
+            "owner = owners.Owner(ResultsLayout.at(sys.argv[1])).acquire(); print(json.dumps(owner.tags), "
+            "flush=True); os._exit(0)")
+    done = subprocess.run([sys.executable, "-c", code, str(results)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True, timeout=60)
+    return json.loads(done.stdout)
+
+
 def test_the_runs_of_a_killed_invocation_are_marked_killed_and_a_running_one_s_are_left(tmp_path):
     results = tmp_path.resolve()
-    killed = owners.Owner(ResultsLayout(results)).acquire()
+    killed = owner_of_an_ended_process(results)
     killed_runs = _open_runs(results, killed)
-    os.close(killed._fd)  # what the OS does when the process dies: the lock goes, its file stays
-    killed._fd = None
     alive = owners.Owner(ResultsLayout(results)).acquire()  # another invocation, still running
-    alive_runs = _open_runs(results, alive, "y")
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    vanished = owners.Owner(ResultsLayout(results))  # killed, and its lock file removed since: its pid is gone
-    vanished.pid = int(gone.stdout)
+    alive_runs = _open_runs(results, alive.tags, "y")
+    vanished = owner_of_an_ended_process(results)  # killed, and its owner file removed since: its pid is gone
+    os.unlink(vanished[owners.LOCK_TAG])
     vanished_runs = _open_runs(results, vanished, "z")
 
     me = owners.Owner(ResultsLayout(results)).acquire()
@@ -63,11 +71,12 @@ def test_the_runs_of_a_killed_invocation_are_marked_killed_and_a_running_one_s_a
     for run_id in alive_runs:
         assert client.get_run(run_id).info.status == "RUNNING"
     assert not list((results / "x").glob(".*.partial")) and list((results / "y").glob(".*.partial"))
-    assert not killed.lock.exists() and alive.lock.exists()
-    assert len(lines) == 2 and all("marked KILLED" in line for line in lines)
+    assert not os.path.exists(killed[owners.LOCK_TAG]) and alive.lock.exists()
+    assert len(lines) == 2 and all("marked KILLED" in line and "has ended" in line for line in lines)
     assert owners.sweep(store, me) == []  # nothing left to sweep
     alive.release()
     me.release()
+    assert not alive.lock.exists() and not me.lock.exists()
 
 
 def test_two_invocations_starting_at_once_on_a_fresh_folder_both_finish(tmp_path):
