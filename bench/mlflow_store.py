@@ -26,6 +26,10 @@ from infra.errors import HarnessError
 from infra.startup import importing_without_collection
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing MLflow
+# What an experiment holds, as MLflow 3's UI names it (its ExperimentKind; the Python API has no constant). UIs
+# that read it open a model-training experiment on its runs instead of the GenAI traces page; 3.17's reads its
+# GenAI / Model training switch instead (per browser), so the harness links to that view (``tracking.ui_page``).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 @contextlib.contextmanager
@@ -74,9 +78,12 @@ def server_gone(uri: str, message: str) -> HarnessError:
 
 
 def quiet_mlflow_logs() -> None:
-    """MLflow's and alembic's INFO lines say nothing a user of the harness needs."""
+    """MLflow's and alembic's INFO lines say nothing a user of the harness needs. Nor do the two lines with
+    links that MLflow's client prints for every run it ends on a tracking server (after one more request for
+    the run): the harness prints one link, to the page that lists the runs (``bench.tracking.ui_page``)."""
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class MlflowStore:
@@ -89,11 +96,15 @@ class MlflowStore:
         self._client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str, artifact_location: str | None) -> str:
-        """The id of experiment ``name``, created (with ``artifact_location``) if it does not exist."""
+        """The id of experiment ``name``, created (with ``artifact_location``) if it does not exist, and marked
+        as a model-training experiment (``EXPERIMENT_KIND_TAG``) unless it already has a kind."""
         found = self._client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        return self._client.create_experiment(name, artifact_location=artifact_location)
+        if found is None:
+            return self._client.create_experiment(name, artifact_location=artifact_location,
+                                                  tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older harness: one request, once
+            self._client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        return found.experiment_id
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, str], start_time_ms: int | None) -> str:
         return self._client.create_run(experiment_id, run_name=name, tags=tags, start_time=start_time_ms).info.run_id

@@ -2,7 +2,9 @@
 
 The tracking URI is, in order: the one given in gin (``Experiment.tracking_uri``), ``MLFLOW_TRACKING_URI``,
 or the embedded SQLite store of the results folder (``bench.results_layout``). Every call goes through an
-explicit store (``bench.mlflow_store``), in this process or in its helper process.
+explicit store (``bench.mlflow_store``), in this process or in its helper process. The experiments it makes
+are marked as model-training experiments, a parent run is named after its table, profile and start
+(``parent_run_name``), and the link printed after a table opens MLflow's UI on the runs (``ui_page``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,31 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _MAX_PARAM_LENGTH = 6000
 _ENTITY_BATCH = 1000  # MLflow accepts at most 1000 metrics, params and tags in all per log_batch call
+
+
+def parent_run_name(experiment: str, profile: str, cached: bool, started: float | None = None) -> str:
+    """The name of an invocation's parent run, e.g. ``table3 smoke 2026-12-07 16:28:38 UTC``, or ``table3 smoke
+    cached 2026-12-07 16:29:02 UTC`` when every row was answered from the result cache: in MLflow's runs table a
+    person tells invocations apart by it (their ids say nothing, and a re-run that trained nothing looks like
+    the first). "cached" comes before the time because the table shows a name's first 16 characters or so (its
+    "Created" column has the time)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() if started is None else started))
+    return f"{experiment} {profile} {'cached ' if cached else ''}{when}"
+
+
+def ui_page(uri: str, experiment_id: str) -> str | None:
+    """Where to see an experiment's runs in MLflow's UI: a link for a tracking server, for a local store the
+    ``mlflow ui`` command and its link; None for a hosted service (e.g. Databricks), whose pages differ.
+
+    The link asks for the UI's "Model training" view: MLflow 3.17's UI opens an experiment on its GenAI
+    overview unless that view was picked in the same browser before, whatever the experiment's kind tag."""
+    scheme = uri.partition(":")[0]  # also a whole URI such as "databricks"
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if scheme in ("http", "https"):
+        return f"{uri.rstrip('/')}/{page}"
+    if scheme == "databricks":
+        return None
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
 
 
 def metric_safe(name: str) -> str:
@@ -57,6 +84,11 @@ class Tracker:
             except Exception as e:  # mlflow raises many types for a bad URI: MlflowException, OSError, ...
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise HarnessError(f"MLflow tracking URI {self.uri!r} is not usable: {first}") from None
+
+    def where(self, run_id: str) -> str:
+        """The store, experiment and run, and on a second line the UI page of the experiment's runs."""
+        page = ui_page(self.uri, self.experiment_id)
+        return f"{self.uri} (experiment {self.experiment!r}, run {run_id})" + (f"\nui:      {page}" if page else "")
 
     def flush(self) -> None:
         """Wait until every write sent to the store is done; HarnessError in one line if one failed."""

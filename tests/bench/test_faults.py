@@ -1,17 +1,15 @@
-"""Faults while a table runs, as a user meets them: the tracking server dies, Ctrl-C or SIGTERM reaches the
-process group (workers and the MLflow helper included), the MLflow helper is killed. Each ends in one line,
-no traceback from any process, no run left RUNNING once the next invocation has run, and the rerun gives
-the clean run's cells."""
+"""Faults while a table runs, as a user meets them: Ctrl-C or SIGTERM reaches the process group (workers and the
+MLflow helper included), the MLflow helper is killed. Each ends in one line, no traceback from any process, no
+run left RUNNING once the next invocation has run, and the rerun gives the clean run's cells. A tracking server
+that dies mid-table: tests/bench/test_tracking_server.py."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -64,55 +62,6 @@ def clean(tmp_path_factory):
     code, err = _finish(_start([TABLE, "--results_dir", str(results)], env))
     assert code == 0, err
     return _cells(results)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server(folder, port: int) -> subprocess.Popen:
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend), once it answers."""
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return server
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise AssertionError("mlflow server did not start within 120 s")
-
-
-def test_a_dead_tracking_server_ends_the_run_in_seconds_and_a_rerun_completes_the_table(tmp_path, clean):
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    server = _server(tmp_path, port)
-    try:
-        run = _start([TABLE, "--results_dir", str(tmp_path / "results")], env)
-        _wait_for(run, "2/6 rows x seeds done")
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        killed = time.time()
-        code, err = _finish(run)
-        assert time.time() - killed < 30
-        assert code == 2 and len(err) == 1 and "Traceback" not in "\n".join(err), err
-        assert err[0].startswith(f"error: MLflow tracking server {uri} does not answer"), err
-        server = _server(tmp_path, port)
-        code, err = _finish(_start([TABLE, "--results_dir", str(tmp_path / "results")], env))
-        assert code == 0, err
-        assert _cells(tmp_path / "results") == clean
-        statuses = _statuses(uri)
-        assert "RUNNING" not in statuses and "KILLED" in statuses
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("signum, times", [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 1)],
