@@ -10,7 +10,7 @@ reaches everything through it, nothing else:
 - where its steps cache what they make (``cache_root``: pretraining stages, fine-tuned models, prepared
   frames, each keyed by content);
 - evaluation (``evaluate``, ``fit_and_evaluate``; ``score`` for a learning curve's point), always with the
-  experiment's tasks on the evaluation split;
+  experiment's tasks on the evaluation split, sharded over the ranks under torchrun;
 - its cached result (``cached_result``: a row whose every step is unchanged is answered without loading a
   model), and what it logs: ``log_metrics`` (curves, to its MLflow child run), ``tracking_run`` (params),
   ``notes`` (what the table's conventions say, e.g. the teacher and masks).
@@ -109,11 +109,11 @@ class RowContext:
     def scenes(self, split: str) -> CachedScenes:
         """The whole scenes of ``split`` (points, labels, boxes; no frames), cached on disk.
 
-        Under torchrun every rank calls this at the same point: rank 0 fills the cache, then the others
-        read it (``main_first``), so no two processes generate the same scenes.
+        Under torchrun every rank calls this and the ranks split the generation of missing scenes by file
+        locks (``CachedScenes``): each scene is written once, by whichever rank claims it, and a rank
+        waits for the others on their files, never on a collective (nor for one rank doing all of it).
         """
-        with distributed.main_first():
-            return CachedScenes(self.dataset, split, self.cache_root)
+        return CachedScenes(self.dataset, split, self.cache_root)
 
     def fit_and_evaluate(self, method) -> dict[str, float]:
         """Fit ``method`` on the train split, then score it with every task on the evaluation split.
@@ -127,9 +127,10 @@ class RowContext:
     def score(self, method, task_key: str, num_scenes: int) -> dict[str, float]:
         """The headline metrics (``AP25``, ``mIoU``, ...; no per-class values) of ``method`` for the task
         ``task_key`` on the first ``num_scenes`` scenes of the evaluation split, quietly: a learning curve's
-        point (``methods.learning_curve``), not a result. Rank 0 only, like ``evaluate``."""
+        point (``methods.learning_curve``), not a result. Under torchrun rank 0 alone scores these few scenes
+        (``methods.train`` calls it after an epoch while the other ranks wait at the epoch's barrier)."""
         tasks = [task for task in (make_task() for make_task in self.task_factories) if task.key == task_key]
-        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
+        scenes = self.scenes(self.eval_split)
         for index in range(min(num_scenes, len(scenes))):
             scene = scenes[index]
             for task in tasks:
@@ -138,32 +139,45 @@ class RowContext:
                 for key, value in task.result(self.dataset.info).items() if "/class/" not in key}
 
     def evaluate(self, method, suffix: str = "", tasks: set[str] | None = None) -> dict[str, float]:
-        """Score a fitted ``method`` with every task on the evaluation split (rank 0 only under torchrun:
-        the others return no metrics and wait for it at their next collective).
+        """Score a fitted ``method`` with every task on the evaluation split.
+
+        Under torchrun every rank calls it and predicts its share of the scenes (scene i on rank i mod
+        world size, ``infra.distributed.gather_in_order``); the per-scene records (``bench.tasks``) come
+        back to every rank in scene order, rank 0 computes the metrics once and every rank returns them:
+        the same values, bit for bit, as one process predicting every scene with the same model.
 
         ``tasks`` keeps only the tasks of those keys (``seg``, ``det``); ``suffix`` names a protocol in the
         metric keys (``<dataset>/seg-<suffix>/mIoU``).
         """
-        if not distributed.is_main():
-            return {}
         info = self.dataset.info
-        tasks = [task for task in (make_task() for make_task in self.task_factories) if tasks is None or task.key in tasks]
+        tasks = [task for task in (make_task() for make_task in self.task_factories)
+                 if tasks is None or task.key in tasks]
         for task in tasks:
             if suffix:
                 task.key = f"{task.key}-{suffix}"
-        # Not self.scenes: only rank 0 gets here, and main_first needs every rank.
-        scenes = CachedScenes(self.dataset, self.eval_split, self.cache_root)
+        scenes = self.scenes(self.eval_split)
         clock = timing.Stopwatch()
         with timing.span("evaluation"):
-            for scene in progress.bar(scenes, desc=f"{self.row}: {self.eval_split}"):
-                for task in tasks:
-                    task.add(method, scene)
-            metrics: dict[str, float] = {}
-            for task in tasks:
-                metrics.update(task.result(info))
+            records = distributed.gather_in_order(
+                lambda index: [task.scene_record(method, scenes[index]) for task in tasks], len(scenes),
+                desc=f"{self.row}: {self.eval_split}")
+            metrics = distributed.from_main(lambda: _task_metrics(tasks, records, info))
         self._evaluation_seconds += clock.seconds
-        progress.step("evaluation", f"{len(scenes)} {info.name}/{self.eval_split} scenes in {progress.duration(clock.seconds)}")
+        world = distributed.world_size()
+        ranks = f" on {world} ranks" if world > 1 else ""
+        progress.step("evaluation", f"{len(scenes)} {info.name}/{self.eval_split} scenes{ranks} in "
+                                    f"{progress.duration(clock.seconds)}")
         return metrics
+
+
+def _task_metrics(tasks: Sequence, records: Sequence[Sequence], info) -> dict[str, float]:
+    """Every task's metrics from per-scene records (``records[scene][task]``, scenes in split order)."""
+    metrics: dict[str, float] = {}
+    for position, task in enumerate(tasks):
+        for scene_records in records:
+            task.add_record(scene_records[position])
+        metrics.update(task.result(info))
+    return metrics
 
 
 def metric_code_fingerprint() -> str:

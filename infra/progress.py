@@ -3,6 +3,9 @@
 Per-epoch progress bars are drawn only on an interactive terminal (stderr is a TTY): in a log file,
 CI or a cluster job they would write carriage returns by the hundred kilobytes, and the step lines say
 what happened. Lines name the row and seed they belong to, so parallel workers' lines stay readable.
+
+Under torchrun every rank runs every step, so lines, bars and notes come from the global rank 0 alone
+(``RANK``, not ``LOCAL_RANK``: with several nodes, each node's launcher would otherwise repeat the table).
 """
 from __future__ import annotations
 
@@ -25,14 +28,20 @@ def job(label: str) -> Iterator[None]:
         _label.pop()
 
 
+def reports() -> bool:
+    """Whether this process prints progress: yes, unless it is a torchrun rank other than the global rank 0
+    (torchrun sets ``RANK`` before the process starts, so this holds before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def interactive() -> bool:
     """Whether progress bars make sense here (stderr is a terminal)."""
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def bar(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
-    """``iterable`` wrapped in a transient tqdm bar on a terminal; unchanged elsewhere."""
-    if not interactive():
+    """``iterable`` wrapped in a transient tqdm bar on a terminal (global rank 0); unchanged elsewhere."""
+    if not (interactive() and reports()):
         return iterable
     from tqdm import tqdm
 
@@ -53,9 +62,9 @@ def duration(seconds: float) -> str:
 def step(name: str, detail: str) -> None:
     """One line for a finished step: ``[DD seed=0] pretrain/stage1: trained 8 epochs in 12.3 s``.
 
-    Under torchrun only rank 0 prints (every rank runs every step).
+    Under torchrun only the global rank 0 prints (every rank runs every step).
     """
-    if os.environ.get("RANK", "0") != "0":
+    if not reports():
         return
     prefix = f"[{_label[-1]}] " if _label else ""
     print(f"{prefix}{name}: {detail}", flush=True)
@@ -65,6 +74,7 @@ class TableProgress:
     """The overall line of a table: rows x seeds done, elapsed time, an estimate of the time left.
 
     The estimate assumes the jobs left take as long as the mean finished one, ``workers`` at a time.
+    Under torchrun only the global rank 0 prints the line (every rank counts).
     """
 
     def __init__(self, name: str, total: int, workers: int = 1):
@@ -76,7 +86,7 @@ class TableProgress:
         self.started = time.perf_counter()
 
     def finished(self, label: str, seconds: float) -> str:
-        """Count one finished job; print and return the overall line."""
+        """Count one finished job; print (global rank 0) and return the overall line."""
         self.done += 1
         self.busy_seconds += seconds
         elapsed = time.perf_counter() - self.started
@@ -86,7 +96,8 @@ class TableProgress:
         if left:
             estimate = self.busy_seconds / self.done * left / min(self.workers, left)
             line += f", about {duration(estimate)} left"
-        print(line, flush=True)
+        if reports():
+            print(line, flush=True)
         return line
 
 
@@ -94,7 +105,8 @@ _SAID: set[str] = set()
 
 
 def note_once(text: str) -> None:
-    """Print ``note: <text>`` the first time this process is told it (a size capped to what the data has)."""
-    if text not in _SAID:
+    """Print ``note: <text>`` the first time this process is told it (a size capped to what the data has);
+    under torchrun on the global rank 0 only."""
+    if text not in _SAID and reports():
         _SAID.add(text)
         print(f"note: {text}", flush=True)

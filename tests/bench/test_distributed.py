@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from infra import distributed
+from infra import distributed, progress
 from infra.errors import HarnessError
 from methods import train as train_module
 from methods.train import TrainSchedule, train
@@ -74,9 +74,14 @@ def _worker(out: pathlib.Path) -> None:
         shared_error = None
     except HarnessError as e:
         shared_error = str(e)
+    # a BatchNorm's statistics as each rank's last DDP forward pass leaves them: different on every rank
+    normed = torch.nn.BatchNorm1d(3)
+    normed.running_mean.fill_(rank)
+    normed.weight.data.fill_(10 + rank)
+    distributed.broadcast_module_state(normed)
     torch.save({"first": first, "history": history, "params": module.state_dict(), "saves": len(saves),
                 "batch_error": batch_error, "cache_seen": cache_seen, "shared_error": shared_error,
-                "world": distributed.world_size()}, out / f"rank{rank}.pt")
+                "world": distributed.world_size(), "normed": normed.state_dict()}, out / f"rank{rank}.pt")
     distributed.shutdown()
 
 
@@ -100,6 +105,37 @@ def test_single_process_helpers_are_no_ops():
     with distributed.main_first():
         ran = True
     assert ran
+    normed = torch.nn.BatchNorm1d(2)
+    distributed.broadcast_module_state(normed)
+    assert normed.running_var.tolist() == [1.0, 1.0]
+
+
+def test_the_collective_timeout_is_30_minutes_unless_set(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout_minutes() == 30
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "240")
+    assert distributed.timeout_minutes() == 240
+    for bad in ("two hours", "0", "-5", "nan", "inf"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(HarnessError, match=f"SAM3D_DIST_TIMEOUT_MIN='{bad}' is not a positive number"):
+            distributed.timeout_minutes()
+
+
+def test_only_the_global_rank_0_prints_progress(capsys, monkeypatch):
+    """torchrun's RANK, not LOCAL_RANK: the second node's rank 1 has LOCAL_RANK 0 and stays quiet."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    table = progress.TableProgress("table4", total=2)
+    assert table.finished("stage1 seed=0", 1.0).startswith("table4: 1/2 rows x seeds done")  # still counted
+    progress.step("evaluation", "done")
+    progress.note_once("a size was capped (rank 1)")
+    items = [1, 2]
+    assert progress.bar(items, desc="epoch") is items
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    table.finished("stage2 seed=0", 1.0)
+    assert capsys.readouterr().out.startswith("table4: 2/2 rows x seeds done")
 
 
 def test_ddp_training_matches_one_process(tmp_path, one_thread):
@@ -133,6 +169,9 @@ def test_ddp_training_matches_one_process(tmp_path, one_thread):
     assert all("batch_size = 3" in r["batch_error"] and "2 torchrun processes" in r["batch_error"] for r in ranks)
     assert [r["cache_seen"] for r in ranks] == [True, True]
     assert [r["shared_error"] for r in ranks] == ["no frame has depth"] * 2
+    # rank 0's parameters and buffers on every rank
+    assert all(torch.equal(r["normed"][k], v) for r in ranks for k, v in ranks[0]["normed"].items())
+    assert ranks[1]["normed"]["running_mean"].tolist() == [0.0] * 3 and ranks[1]["normed"]["weight"][0] == 10
 
 
 def test_table_end_to_end_under_torchrun(tmp_path):
