@@ -1,6 +1,6 @@
 """Tokenizer speed: ours vs naive references timed in the same run, on 20k and 40k point frames.
 
-    python -m bench.perf tokenizers [--real-root DIR] [--repeats 3] [--sizes 20000 40000]
+    python -m bench.perf tokenizers [--real-root DIR] [--repeats 3] [--sizes 20000 40000] [--batch 8]
 
 Frame: SUN RGB-D 000001 (280,961 points) subsampled with a fixed seed, regions from the classical
 Felzenszwalb segmenter (not SAM); without the real data, a synthetic room-like cloud whose regions
@@ -11,6 +11,11 @@ are its surfaces. Rows (median ms over ``--repeats`` interleaved runs):
   loses precision and picks a different K-th neighbour for ~0.5 % of tokens.
 - SAM-guided ours vs our KNN at the same G x K, and vs a naive per-region Python loop of the same
   algorithm; both must give the same partition of points into tokens.
+- Batched (``methods.tokenizers.batched``, a second table; ``--batch 0`` skips it): per frame, the CPU
+  tokenizer vs ``tokenizer_inputs`` (the DataLoader worker's part) vs ``tokenize_batch`` on B frames
+  (the frame with B seeds) on this machine's CPU, for the pretraining shape (20k points, 256 x 128,
+  KNN and SAM-guided) and the detection shape (40k points, 2048 x 128, KNN without regions); the
+  check compares the batched tokens with the CPU ones.
 Everything runs on one thread (torch included), so the ratios measure the algorithms.
 """
 from __future__ import annotations
@@ -25,11 +30,23 @@ from typing import Callable
 import numpy as np
 import torch
 
-from methods.tokenizers import KnnTokenizer, SamGuidedTokenizer, allocate_tokens, farthest_point_sampling
+from methods.tokenizers import (
+    KnnTokenizer,
+    SamGuidedTokenizer,
+    TokenSet,
+    allocate_tokens,
+    collate_tokenizer_inputs,
+    farthest_point_sampling,
+    tokenize_batch,
+    tokenizer_inputs,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_REAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "real"
 TOKEN_SHAPES = ((256, 128), (2048, 128))
+# Batched table: (points, G, K, tokenizer, with regions) of pretraining and of detection (DESIGN 2.3).
+BATCHED_SHAPES = ((20_000, 256, 128, KnnTokenizer, True), (20_000, 256, 128, SamGuidedTokenizer, True),
+                  (40_000, 2048, 128, KnnTokenizer, False))
 
 
 # ---------------------------------------------------------------- frames
@@ -188,12 +205,45 @@ def bench_size(n: int, xyz: torch.Tensor, regions: torch.Tensor, repeats: int) -
     return rows
 
 
+def batched_rows(frames: dict[int, tuple[torch.Tensor, torch.Tensor]], batch: int, repeats: int) -> list[tuple]:
+    """Rows (points, GxK, tokenizer, CPU ms, inputs ms, batched ms, check), all per frame, B = ``batch``."""
+    rows = []
+    for n, g, k, make, with_regions in BATCHED_SHAPES:
+        if n not in frames:
+            continue
+        tok = make(g, k, seed=0)
+        xyz, regions = frames[n][0], frames[n][1] if with_regions else None
+        seeds = list(range(batch))
+        inputs = collate_tokenizer_inputs([tokenizer_inputs(tok, xyz, regions, seed=s) for s in seeds])
+        tokenize_batch(tok, inputs)  # warm-up
+        ms, out = timed({
+            "cpu": lambda: TokenSet.stack([tok(xyz, regions, seed=s) for s in seeds]),
+            "inputs": lambda: [tokenizer_inputs(tok, xyz, regions, seed=s) for s in seeds],
+            "batched": lambda: tokenize_batch(tok, inputs),
+        }, repeats)
+        rows.append((n, f"{g}x{k}", type(tok).__name__, ms["cpu"] / batch, ms["inputs"] / batch,
+                     ms["batched"] / batch, batched_identity(out["batched"], out["cpu"])))
+    return rows
+
+
+def batched_identity(ours: TokenSet, ref: TokenSet) -> str:
+    """'identical', or what differs: KNN index rows (the tests check they are distance ties), SAM-guided
+    centre coordinates (the tests check they are one float step apart, a float64 mean on a midpoint)."""
+    differ = [f for f in ("valid", "region") if not torch.equal(getattr(ours, f), getattr(ref, f))]
+    coords = int((ours.centers != ref.centers).sum())
+    rows = int((ours.index != ref.index).any(-1).sum())
+    differ += [f"{coords} centre coords"] if coords else []
+    differ += [f"{rows} index rows"] if rows else []
+    return ", ".join(differ) + " differ" if differ else "identical"
+
+
 def main(argv: list[str]) -> int:
     """Run the benchmark and print the table; returns 0 (targets are reported, not enforced)."""
     parser = argparse.ArgumentParser(prog="python -m bench.perf tokenizers", description=__doc__.split("\n")[0])
     parser.add_argument("--real-root", type=pathlib.Path, default=DEFAULT_REAL_ROOT)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 40_000])
+    parser.add_argument("--batch", type=int, default=8, help="frames per batched call (0: no batched table)")
     args = parser.parse_args(argv)
     # Single-threaded like our numpy/scipy code; on shared cores torch's thread pool otherwise
     # stalls whenever a sibling thread is descheduled and the reference times swing 10-50x.
@@ -225,6 +275,11 @@ def _run(args: argparse.Namespace) -> int:
     sam = [r[3] for r in rows if r[2].startswith("SAM-guided ours")]
     print(f"\ntarget KNN >= 2x faster than reference: min {min(a / b for a, b in zip(knn_ratios, ours)):.1f}x")
     print(f"target SAM-guided >= 5x faster than KNN ours: min {min(a / b for a, b in zip(ours, sam)):.1f}x")
+    if args.batch > 0:
+        print(f"\nbatched on this CPU, B = {args.batch} (the frame with {args.batch} seeds); ms per frame")
+        print(f"{'points':>7} {'GxK':>8}  {'tokenizer':<20} {'CPU path':>9} {'inputs':>8} {'batched':>8}  check")
+        for n, shape, name, cpu, inputs, batched, check in batched_rows(frames, args.batch, args.repeats):
+            print(f"{n:>7} {shape:>8}  {name:<20} {cpu:>9.1f} {inputs:>8.2f} {batched:>8.1f}  {check}")
     return 0
 
 
