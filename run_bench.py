@@ -2,7 +2,7 @@
 """sam3d-bench entry point.
 
     python run_bench.py --gin=gin/demo.gin [--gin=FILE ...] [--gin_binding='Name.param = value' ...]
-                        [--results_dir DIR] [--profile] [--prepare [--shard I/N]]
+                        [--results_dir DIR] [--profile] [--prepare [--shard I/N]] [--plan]
 """
 import logging
 import os

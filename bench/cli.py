@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", type=_shard, metavar="I/N",
                         help="with --prepare: only the scenes whose index is I modulo N, and no groups (an array "
                              "job's task I of N); a --prepare without --shard after every shard makes the groups")
+    parser.add_argument("--plan", action="store_true",
+                        help="train nothing: print every step of the table with its cache status, parameters and "
+                             "estimated cost on this machine (a step of each kind timed), totals and what runs in "
+                             "parallel, and write <results_dir>/<table>/plan.json; plans for torchrun's WORLD_SIZE")
     parser.add_argument("--profile", action="store_true",
                         help="print at the end where the run's time went: per step kind and per training phase")
     return parser
@@ -71,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shard is not None and not args.prepare:
         parser.error("--shard goes with --prepare (it splits the preparation, not the training)")
+    if args.plan and args.prepare:
+        parser.error("--plan trains and prepares nothing; give it without --prepare")
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     clock = timing.Stopwatch()
-    if os.environ.get("RANK", "0") == "0" and not args.prepare:  # ranks > 0 and --prepare never talk to MLflow
+    if os.environ.get("RANK", "0") == "0" and not (args.prepare or args.plan):  # they never talk to MLflow
         mlflow_store.prewarm()  # MLflow's import overlaps torch's and the config's
     try:
         code = _run(args, clock)
@@ -105,12 +111,17 @@ def _run(args: argparse.Namespace, clock: timing.Stopwatch) -> int:
 
             parse_config(args.gin, args.gin_binding, allow_imports=args.allow_gin_imports)
 
-            distributed.init_from_env()
+            if args.plan and os.environ.get("RANK", "0") != "0":
+                return 0  # under torchrun one process plans for all of them
+            if not args.plan:  # a plan runs in one process, for WORLD_SIZE of them
+                distributed.init_from_env()
             try:
                 experiment = Experiment()
             except Exception as e:  # REQUIRED values, bad parameter values: raised while gin builds components
                 raise HarnessError(describe_gin_error(e, source="config")) from None
-        if args.prepare:
+        if args.plan:
+            experiment.plan(args.results_dir, startup_seconds=clock.seconds)
+        elif args.prepare:
             experiment.prepare(args.results_dir, args.shard)
         else:
             experiment.run(args.results_dir)

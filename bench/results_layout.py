@@ -17,6 +17,7 @@ import os
 import pathlib
 
 from infra.io import check_writable_dir
+from infra.mounts import is_network_filesystem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,14 @@ class ResultsLayout:
     @property
     def figure_cache(self) -> pathlib.Path:
         return self.cache / "figures"
+
+    def store_warning(self, several_machines: bool) -> str | None:
+        """A warning when several machines would write the embedded store on a network filesystem (SQLite's
+        locks are not safe across machines on NFS or Lustre), else None."""
+        if several_machines and is_network_filesystem(self.root):
+            return (f"warning: several machines share {self.root}, a network filesystem, and the embedded SQLite "
+                    "MLflow store in it; run an MLflow tracking server and set MLFLOW_TRACKING_URI (README: MLflow)")
+        return None
 
     @property
     def tracking_uri(self) -> str:

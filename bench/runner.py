@@ -23,10 +23,12 @@ import gin
 import bench.registry  # noqa: F401  every component a config can name (the Experiment builds them)
 from bench import owners, summary, tables
 from bench.config import config_bindings, parse_config_text
+from bench.plan import make_plan
 from bench.provenance import provenance_tags
 from bench.results_layout import ResultsLayout
 from bench.row_context import RowContext
-from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe
+from bench.tracking import NullRun, NullTracker, RecordingRun, Tracker, metric_safe, parent_run_name
+from bench.training_steps import check_batches, training_params
 from bench.validation import check_memory, check_table, components, validate_rows
 from bench.workers import JobOutcome, WorkerPool, longest_first, resolve_workers
 from datasets.scene_cache import CachedScenes
@@ -106,10 +108,12 @@ class Experiment:
         # --- every row is built and checked now (values, splits, input files), so that a bad one fails
         #     before any training
         built = validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
+        check_batches(built, distributed.world_size())
         if self.table is not None:
             self.table = check_table(self.table, built, self.dataset.info.name, self.tasks)
         config_text = gin.config_str()
         jobs, to_compute = self._jobs(layout)
+        self._cached = to_compute == 0  # every row answered from the result cache: the parent run says so
         accelerator = _uses_accelerator()
         # Rows answered from the result cache cost a file read: worker processes (each importing torch and
         # building the experiment) would only slow such a re-run down.
@@ -170,6 +174,23 @@ class Experiment:
                                              "groups" if shard else ""), flush=True)
         return len(done)
 
+    def plan(self, results_dir: str | os.PathLike, startup_seconds: float = 0.0) -> dict:
+        """Print every step of the table with its cache status, parameters and estimated cost, and write it to
+        ``<results_dir>/<name>/plan.json`` (``bench.plan``); nothing is trained, cached or logged. It plans for
+        torchrun's ``WORLD_SIZE`` processes (1 without it) and checks their batches as a run would.
+        ``startup_seconds``: what this process took to import and parse its config, which a run pays too."""
+        clock = timing.Stopwatch()
+        layout = ResultsLayout.at(results_dir)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        built = validate_rows(self.rows, self.dataset, self.train_split, self.eval_split)
+        check_batches(built, world)
+        if self.table is not None:
+            self.table = check_table(self.table, built, self.dataset.info.name, self.tasks)
+        jobs, to_compute = self._jobs(layout)
+        workers = resolve_workers(self.workers, to_compute, self.torch_threads, _uses_accelerator(), world > 1)
+        return make_plan(self, layout, built, jobs, lambda row, seed: self._context(row, seed, layout, NullRun()),
+                         world, workers, clock.seconds, startup_seconds)
+
     def _connect(self, layout: ResultsLayout, owner: owners.Owner) -> tuple[Tracker, str]:
         """Reach the tracking store (also checked before any work) and end the runs of killed invocations.
 
@@ -179,6 +200,8 @@ class Experiment:
         """
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or layout.tracking_uri
         embedded = uri == layout.tracking_uri
+        if embedded and (warning := layout.store_warning(distributed.world_size() > distributed.local_world_size())):
+            print(warning, flush=True)
         tracker = Tracker(uri, self.name, artifact_root=layout.artifacts if embedded else None, run_tags=owner.tags)
         with step_lock(layout.mlflow_lock) if embedded else contextlib.nullcontext():
             tracker.connect()
@@ -194,7 +217,7 @@ class Experiment:
         tags = {**provenance, "dataset": self.dataset.info.name, "seeds": str(self.seeds),
                 "base_seed": str(self.base_seed), "world_size": str(distributed.world_size()),
                 "torch_threads": str(self.torch_threads)}
-        with tracker.run(f"{self.name}", tags=tags) as parent:
+        with tracker.run(parent_run_name(self.name, self.profile, self._cached, started), tags=tags) as parent:
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.run_id[:8]}"
             final = layout.table_folder(self.name) / stamp
             staging = final.with_name(f".{stamp}.partial")
@@ -213,7 +236,7 @@ class Experiment:
                 os.replace(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        print(f"\nresults: {final}\nmlflow:  {uri} (experiment {self.name!r}, run {parent.run_id})")
+        print(f"\nresults: {final}\nmlflow:  {tracker.where(parent.run_id)}")
         return final
 
     def _jobs(self, layout: ResultsLayout) -> tuple[list[tuple[str, int]], int]:
@@ -281,8 +304,10 @@ class Experiment:
         seed_everything(seed)  # for rows that draw from the global generators; steps seed themselves
         notes: dict[str, str] = {}
         context = self._context(row, seed, layout, recording, notes)
+        built = self.rows[row]()
+        recording.log_params(training_params(built, distributed.world_size()))
         with progress.job(f"{row} seed={seed}"), steps.collecting() as used:
-            metrics = self.rows[row]().run(context)
+            metrics = built.run(context)
         recording.log_metrics(metrics)
         return JobOutcome(row, seed, recording, dict(metrics), notes, int(started * 1000), int(time.time() * 1000),
                           clock.seconds, steps=used)

@@ -11,7 +11,13 @@ takes ``batch_size / world_size`` samples of every global batch (a shuffle as ra
 the one a single process draws), so the steps per epoch and the LR schedule are those of one process;
 epoch means are averaged over ranks, so every rank returns the same history; rank 0 alone writes the
 checkpoint, which holds the unwrapped module, so 1-process and torchrun runs resume each other's
-checkpoints.
+checkpoints. Modules with a ``begin_epoch(epoch, rank)`` method (the objectives' mask samplers) hear of
+every epoch's start, so each rank can draw its own masks and still resume exactly.
+
+The data loader (``methods.data_loading``) is built once, its workers persistent; a dataset with a
+``tokens_on_device()`` method (``methods.batching``, ``methods.downstream.scene_batch``) hands its
+tokenization to the training device when ``TrainSchedule.device_tokenization`` says so: its workers then
+load, sample and augment, and the batch is tokenized on the device after the copy.
 """
 from __future__ import annotations
 
@@ -29,11 +35,11 @@ from infra import distributed, progress, timing
 from infra.cached_step import CachedStep, UnusableCacheFile
 from infra.checks import check_choice, check_integer, check_number
 from infra.errors import HarnessError
+from methods.data_loading import EpochShuffle, training_loader
 
-# Per-rank offset of the global seed of an epoch (drop-path, data-loader workers): ranks see different
-# data and should not draw the same noise; rank 0 keeps the single-process seed. Token masks come from
-# the objectives' own generators (MaskSampler, module state): identical on every rank, so each rank
-# masks its own frames with the same draws, and rank 0's checkpoint resumes every rank exactly.
+# Per-rank offset of the global seed of an epoch (drop-path): ranks see different data and should not
+# draw the same noise; rank 0 keeps the single-process seed. Token masks come from the objectives' own
+# generators (MaskSampler), told of each epoch and rank through ``begin_epoch``.
 _RANK_SEED_STRIDE = 1_000_003
 
 
@@ -52,10 +58,15 @@ class TrainSchedule:
     weight_decay: float = 0.05
     warmup_epochs: int = 10
     grad_clip: float = 10.0  # max gradient L2 norm; 0 = no clipping
-    num_workers: int = 0  # data-loader worker processes
-    device: str = "auto"  # "auto" = cuda if available, else cpu
+    num_workers: int = 0  # data-loader worker processes per training process (persistent)
+    device: str = "auto"  # "auto" = cuda if available, else cpu; under torchrun "auto" or "cuda" (LOCAL_RANK's GPU)
     bf16: bool = True  # bf16 autocast, used on CUDA only
     warmup_fraction: float | None = None  # of all steps, in (0, 1); None = use warmup_epochs
+    device_tokenization: bool | None = None  # tokens made on the device; None = on when it is CUDA [choice]
+
+    # How fast or where a training computes, never what (tokens equal up to exact distance ties, items
+    # independent of the workers): out of every cache key.
+    SPEED_ONLY = ("num_workers", "device_tokenization")
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         """Warm-up length in optimiser steps (class docstring)."""
@@ -75,6 +86,7 @@ class TrainSchedule:
         check_number("TrainSchedule.grad_clip", self.grad_clip, low=0.0)
         check_integer("TrainSchedule.num_workers", self.num_workers, 0)
         check_choice("TrainSchedule.bf16", self.bf16, (True, False))
+        check_choice("TrainSchedule.device_tokenization", self.device_tokenization, (None, True, False))
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -82,10 +94,38 @@ class TrainSchedule:
                 raise ValueError(f"TrainSchedule.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
                                  f"got {self.device!r}") from None
 
+    def cache_state(self) -> dict:
+        """What a training's result depends on (``infra.fingerprint``): every field but ``SPEED_ONLY``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.SPEED_ONLY}
+
     def resolve_device(self) -> torch.device:
+        """The device this process trains on; under torchrun a GPU index is the launcher's (LOCAL_RANK)."""
+        check_device_for_world(self.device, distributed.world_size())
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def tokenizes_on_device(self, device: torch.device) -> bool:
+        """Whether batches are tokenized on ``device`` (``device_tokenization``; None = on CUDA only)."""
+        return device.type == "cuda" if self.device_tokenization is None else bool(self.device_tokenization)
+
+
+def check_device_for_world(device: str, world: int) -> None:
+    """Refuse a GPU index under torchrun: every rank would train on that one GPU (one line)."""
+    if world > 1 and device.startswith("cuda:"):
+        raise HarnessError(f"TrainSchedule.device = {device!r} under torchrun ({world} processes) would put every "
+                           "rank on that GPU; use 'auto' or 'cuda' (each rank takes its LOCAL_RANK's GPU)")
+
+
+def per_rank_batch(name: str, batch_size: int, world: int) -> int:
+    """``batch_size`` (the global batch of step ``name``) split over ``world`` processes; one line if it cannot be."""
+    if batch_size % world or batch_size < world:
+        raise HarnessError(f"{name}: TrainSchedule.batch_size = {batch_size} (the global batch) is not divisible by "
+                           f"the {world} torchrun processes; set it to a multiple of {world}")
+    return batch_size // world
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -205,8 +245,10 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
         [{"params": g["params"], "lr": schedule.lr * g["lr_scale"]} for g in param_groups]
     # foreach: one fused call per update instead of one per tensor; bitwise the same updates on CPU.
     optimizer = torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True)
-    batch_size, sampler = _shard(dataset, schedule, seed, name)
-    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / batch_size)
+    world = distributed.world_size()
+    batch_size = per_rank_batch(name, schedule.batch_size, world)
+    sampler = EpochShuffle(len(dataset), seed, distributed.rank(), world)
+    steps_per_epoch = math.ceil(len(sampler) / batch_size)
     total, warmup = schedule.epochs * steps_per_epoch, schedule.warmup_steps(steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     history: list[dict[str, float]] = []
@@ -215,22 +257,22 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
-    model = _wrap(module, device) if sampler is not None else module
+    model = _wrap(module, device) if world > 1 else module
     autocast = device.type == "cuda" and schedule.bf16
-    phases = {phase: f"{name}{timing.PHASE_SEPARATOR}{phase}" for phase in ("data", "forward", "backward", "optimizer")}
+    finish = dataset.tokens_on_device() if schedule.tokenizes_on_device(device) and \
+        hasattr(dataset, "tokens_on_device") else None
+    loader = training_loader(dataset, collate, batch_size, sampler, schedule.num_workers, device, seed)
+    phases = {phase: f"{name}{timing.PHASE_SEPARATOR}{phase}"
+              for phase in ("data", "tokenize", "forward", "backward", "optimizer")}
     for epoch in range(len(history), schedule.epochs):
         # resumable: an epoch's randomness depends on its number (and the rank)
         torch.manual_seed(seed * 100_003 + epoch + _RANK_SEED_STRIDE * distributed.rank())
         if hasattr(dataset, "epoch"):
             dataset.epoch = epoch
-        if sampler is None:
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                 collate_fn=collate, num_workers=schedule.num_workers,
-                                                 generator=torch.Generator().manual_seed(seed + epoch))
-        else:
-            sampler.set_epoch(epoch)  # a new shuffle each epoch, seeded with seed + epoch
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                                 collate_fn=collate, num_workers=schedule.num_workers)
+        sampler.set_epoch(epoch)  # a new shuffle each epoch, seeded with seed + epoch
+        for part in module.modules():
+            if hasattr(part, "begin_epoch"):
+                part.begin_epoch(epoch, distributed.rank())
         model.train()
         sums: dict[str, float] = {}
         batches = iter(progress.bar(loader, desc=f"{name} epoch {epoch + 1}/{schedule.epochs}")
@@ -242,6 +284,9 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if batch is None:
                 break
+            if finish is not None:
+                with timing.span(phases["tokenize"]):
+                    batch = finish(batch)
             with timing.span(phases["forward"]), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(batch)
             with timing.span(phases["backward"]):
@@ -267,21 +312,9 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
         distributed.barrier()  # no rank goes on (and may read the checkpoint) before it is complete
         if log is not None:
             log({f"{name}/{k}": v for k, v in epoch_means.items()}, epoch)
+    if world > 1:  # every rank ends with rank 0's module, BatchNorm statistics included (it evaluates with it)
+        distributed.broadcast_module_state(module)
     return history, seconds
-
-
-def _shard(dataset, schedule: TrainSchedule, seed: int, name: str):
-    """(per-rank batch size, DistributedSampler) under torchrun; (batch size, None) in one process."""
-    world = distributed.world_size()
-    if world == 1:
-        return schedule.batch_size, None
-    if schedule.batch_size % world or schedule.batch_size < world:
-        raise HarnessError(f"{name}: TrainSchedule.batch_size = {schedule.batch_size} (the global batch) is not "
-                           f"divisible by the {world} torchrun processes")
-    # drop_last=False pads the shards to equal length, so every rank runs the same number of steps.
-    sampler = torch.utils.data.distributed.DistributedSampler(
-        dataset, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=seed, drop_last=False)
-    return schedule.batch_size // world, sampler
 
 
 def _wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

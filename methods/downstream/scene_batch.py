@@ -18,6 +18,7 @@ extents d -> s d, yaw -> yaw + angle wrapped to [-pi, pi). Colours and labels ar
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,10 +27,23 @@ import numpy as np
 import torch
 
 from datasets.types import IGNORE_INDEX, Scene
+from infra.progress import note_once
+from methods.tokenizers.batched import (
+    INPUTS,
+    collate_tokenizer_inputs,
+    supports_batched,
+    tokenize_batch,
+    tokenizer_inputs,
+)
+
+
+def scene_offset(scene: Scene) -> np.ndarray:
+    """(3,) float32 mean of all the scene's points (accumulated in float64): where samples are centred."""
+    return scene.points.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
 def scene_sample(scene: Scene, num_points: int, seed: int,
-                 labelled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 labelled: np.ndarray | None = None, offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``num_points`` points of ``scene`` (without replacement, or with it when the scene has fewer).
 
     The same seed gives the same sample. Coordinates are centred on the mean of ALL scene points
@@ -38,15 +52,21 @@ def scene_sample(scene: Scene, num_points: int, seed: int,
     all in the sample (the rest of it drawn from the other points) and every other point is labelled
     ``IGNORE_INDEX``. Returns numpy ``xyz`` (n,3) float32, ``colors`` (n,3) float32 in [0,1],
     ``labels`` (n,) int64, ``index`` (n,) int64 (sorted), ``offset`` (3,) float32, ``boxes`` (M,7)
-    float32 shifted by the offset and ``box_labels`` (M,) int64.
+    float32 shifted by the offset and ``box_labels`` (M,) int64. ``offset`` may pass ``scene_offset(scene)``
+    when the caller keeps it (it does not depend on the sample).
     """
     n = scene.num_points
     if n == 0 or num_points < 1:
         raise ValueError(f"scene {scene.scene_id}: need points and num_points >= 1, got {n}, {num_points}")
     rng = np.random.default_rng(seed)
     labels = scene.semantic
-    if labelled is None:
-        index = np.sort(rng.choice(n, size=num_points, replace=n < num_points)).astype(np.int64)
+    if labelled is None and n >= num_points:
+        # Distinct indices in order: a mark per point is linear where sorting them is not (same indices).
+        marked = np.zeros(n, dtype=bool)
+        marked[rng.choice(n, size=num_points, replace=False)] = True
+        index = np.flatnonzero(marked).astype(np.int64)
+    elif labelled is None:
+        index = np.sort(rng.choice(n, size=num_points, replace=True)).astype(np.int64)
     else:
         keep = np.unique(np.asarray(labelled, dtype=np.int64))[:num_points]
         rest = np.setdiff1d(np.arange(n), keep, assume_unique=True)
@@ -56,7 +76,7 @@ def scene_sample(scene: Scene, num_points: int, seed: int,
         index = np.sort(np.concatenate([keep, extra])).astype(np.int64)
         labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
         labels[keep] = scene.semantic[keep]
-    offset = scene.points.astype(np.float64).mean(axis=0).astype(np.float32)
+    offset = scene_offset(scene) if offset is None else offset
     boxes = np.asarray(scene.boxes, dtype=np.float32).reshape(-1, 7).copy()
     boxes[:, :3] -= offset
     return {
@@ -99,14 +119,22 @@ def scene_tokens(xyz: np.ndarray | torch.Tensor, tokenizer, seed: int) -> dict[s
 
 
 def collate_scenes(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Stack items (``scene_sample`` keys + ``scene_tokens`` keys) into a batch; boxes padded to M >= 1."""
+    """Stack items (``scene_sample`` keys + ``scene_tokens`` keys, or tokenizer inputs) into a batch; boxes
+    padded to M >= 1."""
     if not items:
         raise ValueError("items: expected at least one scene sample, got none")
-    stack = {"points": "xyz", "colors": "colors", "labels": "labels", "index": "index", "offset": "offset",
-             "rel": "rel", "centers": "centers", "valid": "valid"}
+    stack = {"points": "xyz", "colors": "colors", "labels": "labels", "index": "index", "offset": "offset"}
+    tokens_made = "rel" in items[0]
+    if tokens_made:
+        stack.update(rel="rel", centers="centers", valid="valid")
     batch = {out: torch.stack([torch.as_tensor(item[key]) for item in items]) for out, key in stack.items()}
     for key in ("points", "colors", "offset", "rel", "centers"):
-        batch[key] = batch[key].float()
+        if key in batch:
+            batch[key] = batch[key].float()
+    if not tokens_made:
+        inputs = collate_tokenizer_inputs([{k[len(INPUTS):]: v for k, v in item.items() if k.startswith(INPUTS)}
+                                           for item in items])
+        batch.update({INPUTS + k: v for k, v in inputs.items()})
     batch["labels"], batch["index"] = batch["labels"].long(), batch["index"].long()
     m = max([1] + [len(item["box_labels"]) for item in items])
     gt_boxes = torch.zeros(len(items), m, 7)
@@ -143,6 +171,8 @@ class SceneSamples(torch.utils.data.Dataset):
         self.max_rotation = float(max_rotation)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.epoch = 0
+        self.on_device = False
+        self._offsets: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -154,9 +184,34 @@ class SceneSamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         seed = self.item_seed(index)
         scene = self.scenes[self.indices[index]]
-        sample = scene_sample(scene, self.num_points, seed, self.labelled(scene) if self.labelled else None)
+        if index not in self._offsets:  # a scene's mean is a pass over all its points: once per scene
+            self._offsets[index] = scene_offset(scene)
+        sample = scene_sample(scene, self.num_points, seed, self.labelled(scene) if self.labelled else None,
+                              offset=self._offsets[index])
         if self.augment:
             # Its own stream, so turning augmentation on does not change which points are sampled.
             rng = np.random.default_rng([seed, 1])
             sample = augment_sample(sample, rng, self.max_rotation, self.scale_range)
+        if self.on_device:
+            inputs = tokenizer_inputs(self.tokenizer, torch.as_tensor(sample["xyz"], dtype=torch.float32), None, seed)
+            return {**sample, **{INPUTS + k: v for k, v in inputs.items()}}
         return {**sample, **scene_tokens(sample["xyz"], self.tokenizer, seed)}
+
+    def tokens_on_device(self) -> Callable[[dict], dict] | None:
+        """Items carry the tokenizer's inputs instead of tokens; returns what tokenizes their batch where it
+        is (or None, with a note, when the tokenizer has no batched form: items keep their tokens)."""
+        reason = supports_batched(self.tokenizer)
+        if reason is not None:
+            note_once(f"scene tokens made per sample on the CPU: {reason}")
+            return None
+        self.on_device = True
+        return functools.partial(scene_tokens_from_inputs, tokenizer=self.tokenizer)
+
+
+def scene_tokens_from_inputs(batch: dict[str, torch.Tensor], tokenizer) -> dict[str, torch.Tensor]:
+    """A batch of ``collate_scenes`` with tokenizer inputs, tokenized where it is: ``scene_tokens``'s keys."""
+    inputs = {k[len(INPUTS):]: v for k, v in batch.items() if k.startswith(INPUTS)}
+    tokens = tokenize_batch(tokenizer, inputs)
+    out = {k: v for k, v in batch.items() if not k.startswith(INPUTS)}
+    out.update(rel=tokens.rel.float(), centers=tokens.centers.float(), valid=tokens.valid.bool())
+    return out

@@ -65,8 +65,12 @@ def logged(loss: torch.Tensor, **parts: torch.Tensor) -> dict[str, torch.Tensor]
 class MaskSampler(nn.Module):
     """Random token masks from a generator seeded with ``seed``, on the batch's device.
 
-    The generator state travels in the module's ``state_dict`` (extra state), so a resumed run draws
-    the masks an uninterrupted run would (when resumed on the same device type).
+    Rank 0 (and a single process) draws one stream from ``seed`` across the whole training; its state
+    travels in the module's ``state_dict`` (extra state) and so in the checkpoint, so a resumed run draws
+    the masks an uninterrupted run would (when resumed on the same device type). Under torchrun every
+    other rank restarts its stream at each epoch from (``seed``, epoch, rank) (``begin_epoch``, called by
+    the training loop): the ranks mask their frames with different draws, and since checkpoints are taken
+    at epoch ends, a resumed rank draws what it would have drawn, without a state of its own to save.
     """
 
     def __init__(self, ratio: float, seed: int):
@@ -82,12 +86,19 @@ class MaskSampler(nn.Module):
         """Start the mask sequence again from ``seed``."""
         self._generator, self._pending = None, None
 
+    def begin_epoch(self, epoch: int, rank: int) -> None:
+        """Ranks > 0 draw this epoch's masks from (seed, epoch, rank); rank 0 goes on with its stream."""
+        if rank > 0:
+            self._generator = None
+            self._pending = {"seed": derive_seed(self.seed, "epoch", epoch, "rank", rank)}
+
     def _generator_on(self, device: torch.device) -> torch.Generator:
         gen = self._generator
         if gen is None or gen.device.type != device.type:
-            gen = torch.Generator(device=device).manual_seed(self.seed)
-            if self._pending is not None and self._pending["device"] == device.type:
-                gen.set_state(self._pending["state"])
+            pending = self._pending or {}
+            gen = torch.Generator(device=device).manual_seed(pending.get("seed", self.seed))
+            if pending.get("device") == device.type:
+                gen.set_state(pending["state"])
             self._generator, self._pending = gen, None
         return gen
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from methods.tokenizers.batched_knn import assemble_token_set
-from methods.tokenizers.sam_guided import BUDGET_RULES, SamGuidedTokenizer, _uniform_below
+from methods.tokenizers.sam_guided import SamGuidedTokenizer, _uniform_below
 from methods.tokenizers.token_set import TokenSet, check_inputs
 
 _LOW32 = 0xFFFFFFFF
@@ -43,12 +43,7 @@ def sam_inputs(
     uniform numbers of the sampling."""
     points, regions = check_inputs(xyz, region_ids, regions_required=True)
     rng = np.random.default_rng(tokenizer.seed if seed is None else seed)
-    ids, compact, counts = tokenizer._regions(regions)
-    alloc = np.zeros(len(ids), dtype=np.int64)
-    use = counts > 0
-    if tokenizer.unassigned == "drop":
-        use &= ids != 0
-    alloc[use] = BUDGET_RULES[tokenizer.budget](counts[use], tokenizer.group_size, tokenizer.num_tokens)
+    ids, compact, counts, alloc = tokenizer.allocation(regions)
     kept = np.argsort(-alloc, kind="stable")[: np.count_nonzero(alloc)]  # as sam_guided._kept_regions
     rank = np.zeros(len(ids), dtype=np.int64)
     rank[kept] = np.arange(1, len(kept) + 1)

@@ -151,12 +151,7 @@ class SamGuidedTokenizer:
         """Tokenize one frame given each point's region id; ``seed`` overrides the tokenizer's seed."""
         points, regions = check_inputs(xyz, region_ids, regions_required=True)
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        ids, compact, counts = self._regions(regions)
-        alloc = np.zeros(len(ids), dtype=np.int64)
-        use = counts > 0
-        if self.unassigned == "drop":
-            use &= ids != 0
-        alloc[use] = BUDGET_RULES[self.budget](counts[use], self.group_size, self.num_tokens)
+        ids, compact, counts, alloc = self.allocation(regions)
         split = self._split if self.split == "nearest_seed" else self._split_knn
         members, sizes, token_region = split(points, ids, compact, counts, alloc, rng)
         index = self._sample(members, sizes, rng)
@@ -172,6 +167,17 @@ class SamGuidedTokenizer:
         return build_token_set(
             points, centers, index, point_regions, token_region, self.num_tokens, xyz, gathered=gathered
         )
+
+    def allocation(self, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The frame's regions (ids ascending, each point's compact id, points per region) and the tokens
+        each is granted (the budget rule, points of no region left out with ``unassigned='drop'``)."""
+        ids, compact, counts = self._regions(regions)
+        alloc = np.zeros(len(ids), dtype=np.int64)
+        use = counts > 0
+        if self.unassigned == "drop":
+            use &= ids != 0
+        alloc[use] = BUDGET_RULES[self.budget](counts[use], self.group_size, self.num_tokens)
+        return ids, compact, counts, alloc
 
     def _regions(self, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Distinct region ids (ascending), each point's compact id, points per region."""

@@ -97,6 +97,7 @@ def _variants(files) -> dict[tuple[type, str], list]:
         (Dinov2Teacher, "image_size"): [224],
         (FramePreparation, "mask_source"): [RenderedMaskSource(split_prob=0.2)],
         (FramePreparation, "teacher"): [SimulatedTeacher(noise=0.1)],
+        (TrainSchedule, "device_tokenization"): [True],
         (PretrainStage, "name"): ["s2"],
         (PretrainStage, "objective"): [RegionDistillation(projection_hidden=8)],
         (PretrainStage, "tokenizer"): [SamGuidedTokenizer()],
@@ -190,7 +191,8 @@ COMPONENTS = [SyntheticIndoor, RenderedMaskSource, ClassicalMaskSource, SamMaskS
 
 
 # Settings that change how fast or where a component computes, never what: out of its key.
-SPEED_ONLY = {(SamMaskSource, "points_per_batch"), *((FramePreparation, name) for name in FramePreparation.SPEED_ONLY)}
+SPEED_ONLY = {(SamMaskSource, "points_per_batch"), *((FramePreparation, name) for name in FramePreparation.SPEED_ONLY),
+              *((TrainSchedule, name) for name in TrainSchedule.SPEED_ONLY)}
 
 
 @pytest.mark.parametrize("cls", COMPONENTS, ids=lambda c: c.__name__)

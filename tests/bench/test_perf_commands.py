@@ -1,5 +1,5 @@
-"""The preparation benchmarks run and print what they promise: ``bench.perf kmeans`` at a tiny shape, and
-``bench.perf sam_gpu`` refusing (exit 2, one line) on a machine without CUDA."""
+"""The benchmarks run and print what they promise: ``bench.perf kmeans`` and ``datapath`` at tiny shapes, and
+``bench.perf sam_gpu`` and ``gpu`` refusing (exit 2, one line) on a machine without CUDA."""
 from __future__ import annotations
 
 import pathlib
@@ -37,3 +37,23 @@ def test_sam_gpu_check_refuses_without_cuda_in_one_line():
     done = _perf("sam_gpu")
     assert done.returncode == 2
     assert done.stderr.strip() == "sam_gpu: no CUDA device here; this check runs on a GPU machine"
+
+
+def test_datapath_benchmark_prints_both_shapes_and_the_step_share():
+    done = _perf("datapath", "--tiny", "--batch=2", "--repeats=1", "--frames=4", "--steps=1", "--workers=1")
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.split()[:1] in (["pretraining"],
+                                                                                            ["detection"])}
+    assert set(rows) == {"pretraining", "detection"}
+    for line in rows.values():  # load, CPU path, device path, ratio, tokenizer, batched, ratio
+        assert len(re.findall(r"\d+\.\d+x?", line)) == 7, line
+    assert re.search(r"device path, worst shape: \d+\.\d\d ms a sample", done.stdout)
+    shares = [line for line in done.stdout.splitlines() if line.startswith("step share")]
+    assert len(shares) == 2 and all(re.search(r"waiting for data \d+\.\d%, tokenizing \d+\.\d%", s) for s in shares)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_check_refuses_without_cuda_in_one_line():
+    done = _perf("gpu")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "gpu: no CUDA device here; this check runs on a GPU machine"
