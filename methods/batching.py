@@ -17,14 +17,14 @@ import zlib
 import numpy as np
 import torch
 
-from infra.progress import note_once
 from methods.preparation import PreparedFrame
 from methods.tokenizers.batched import (
     INPUTS,
-    collate_tokenizer_inputs,
-    supports_batched,
-    tokenize_batch,
+    batched_or_note,
+    collate_prefixed,
+    tokenize_prefixed,
     tokenizer_inputs,
+    with_prefix,
 )
 
 _NO_LABEL = torch.iinfo(torch.int64).max  # pads a batch's sorted label rows, above every real label
@@ -71,8 +71,7 @@ def frame_tokens(frame: PreparedFrame, tokenizer, seed: int, center: bool = True
 def frame_tokenizer_inputs(frame: PreparedFrame, tokenizer, seed: int, center: bool = True) -> dict[str, torch.Tensor]:
     """What ``frame_tokens`` makes on the CPU when the tokens are made on the device: the tokenizer's inputs
     (its random draws included, so the device makes the same tokens) and the frame's region table."""
-    inputs = tokenizer_inputs(tokenizer, *frame_inputs(frame, center), seed)
-    return {**{INPUTS + k: v for k, v in inputs.items()},
+    return {**with_prefix(tokenizer_inputs(tokenizer, *frame_inputs(frame, center), seed)),
             "region_labels": torch.from_numpy(frame.region_ids.astype(np.int64)), **_region_table(frame)}
 
 
@@ -109,9 +108,7 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         group[b, :n] = item["region_group"]
         region_valid[b, 1:n] = True
     if INPUTS + "xyz" in items[0]:
-        inputs = collate_tokenizer_inputs([{k[len(INPUTS):]: v for k, v in item.items() if k.startswith(INPUTS)}
-                                           for item in items])
-        batch = {INPUTS + k: v for k, v in inputs.items()}
+        batch = collate_prefixed(items)
         labels = torch.full((len(items), rows - 1), _NO_LABEL, dtype=torch.int64)
         for b, item in enumerate(items):
             labels[b, :len(item["region_labels"])] = item["region_labels"]
@@ -126,10 +123,8 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def tokens_from_inputs(batch: dict[str, torch.Tensor], tokenizer) -> dict[str, torch.Tensor]:
     """A batch of tokenizer inputs (``collate`` of ``frame_tokenizer_inputs``) as the batch of tokens
     ``collate`` of ``frame_tokens`` gives, made where the batch is (the training device)."""
-    inputs = {k[len(INPUTS):]: v for k, v in batch.items() if k.startswith(INPUTS)}
-    tokens = tokenize_batch(tokenizer, inputs)
-    labels = batch["region_labels"]
-    out = {k: v for k, v in batch.items() if not k.startswith(INPUTS) and k != "region_labels"}
+    tokens, out = tokenize_prefixed(tokenizer, batch)
+    labels = out.pop("region_labels")
     out.update(rel=tokens.rel.float(), centers=tokens.centers.float(), valid=tokens.valid,
                point_rows=label_rows(tokens.point_regions, labels), token_row=label_rows(tokens.region, labels))
     return out
@@ -159,9 +154,7 @@ class TokenizedFrames(torch.utils.data.Dataset):
     def tokens_on_device(self):
         """Items become tokenizer inputs; returns what turns their batch into tokens where it is (or None,
         with a note, when this tokenizer has no batched form: items stay tokens)."""
-        reason = supports_batched(self.tokenizer)
-        if reason is not None:
-            note_once(f"tokens made per frame on the CPU: {reason}")
+        if not batched_or_note(self.tokenizer, "pretraining tokens"):
             return None
         self.on_device = True
         return functools.partial(tokens_from_inputs, tokenizer=self.tokenizer)

@@ -267,9 +267,8 @@ def _train_epochs(module, dataset, collate, schedule: TrainSchedule, checkpoint:
     for epoch in range(len(history), schedule.epochs):
         # resumable: an epoch's randomness depends on its number (and the rank)
         torch.manual_seed(seed * 100_003 + epoch + _RANK_SEED_STRIDE * distributed.rank())
-        if hasattr(dataset, "epoch"):
-            dataset.epoch = epoch
-        sampler.set_epoch(epoch)  # a new shuffle each epoch, seeded with seed + epoch
+        # a new shuffle each epoch (seed + epoch); the items' epoch travels with their index into every worker
+        sampler.set_epoch(epoch)
         for part in module.modules():
             if hasattr(part, "begin_epoch"):
                 part.begin_epoch(epoch, distributed.rank())

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 from datasets.types import IGNORE_INDEX, Scene
-from infra.progress import note_once
 from methods.tokenizers.batched import (
-    INPUTS,
-    collate_tokenizer_inputs,
-    supports_batched,
-    tokenize_batch,
+    batched_or_note,
+    collate_prefixed,
+    tokenize_prefixed,
     tokenizer_inputs,
+    with_prefix,
 )
 
 
@@ -132,9 +131,7 @@ def collate_scenes(items: Sequence[dict]) -> dict[str, torch.Tensor]:
         if key in batch:
             batch[key] = batch[key].float()
     if not tokens_made:
-        inputs = collate_tokenizer_inputs([{k[len(INPUTS):]: v for k, v in item.items() if k.startswith(INPUTS)}
-                                           for item in items])
-        batch.update({INPUTS + k: v for k, v in inputs.items()})
+        batch.update(collate_prefixed(items))
     batch["labels"], batch["index"] = batch["labels"].long(), batch["index"].long()
     m = max([1] + [len(item["box_labels"]) for item in items])
     gt_boxes = torch.zeros(len(items), m, 7)
@@ -193,16 +190,14 @@ class SceneSamples(torch.utils.data.Dataset):
             rng = np.random.default_rng([seed, 1])
             sample = augment_sample(sample, rng, self.max_rotation, self.scale_range)
         if self.on_device:
-            inputs = tokenizer_inputs(self.tokenizer, torch.as_tensor(sample["xyz"], dtype=torch.float32), None, seed)
-            return {**sample, **{INPUTS + k: v for k, v in inputs.items()}}
+            xyz = torch.as_tensor(sample["xyz"], dtype=torch.float32)
+            return {**sample, **with_prefix(tokenizer_inputs(self.tokenizer, xyz, None, seed))}
         return {**sample, **scene_tokens(sample["xyz"], self.tokenizer, seed)}
 
     def tokens_on_device(self) -> Callable[[dict], dict] | None:
         """Items carry the tokenizer's inputs instead of tokens; returns what tokenizes their batch where it
         is (or None, with a note, when the tokenizer has no batched form: items keep their tokens)."""
-        reason = supports_batched(self.tokenizer)
-        if reason is not None:
-            note_once(f"scene tokens made per sample on the CPU: {reason}")
+        if not batched_or_note(self.tokenizer, "scene tokens"):
             return None
         self.on_device = True
         return functools.partial(scene_tokens_from_inputs, tokenizer=self.tokenizer)
@@ -210,8 +205,6 @@ class SceneSamples(torch.utils.data.Dataset):
 
 def scene_tokens_from_inputs(batch: dict[str, torch.Tensor], tokenizer) -> dict[str, torch.Tensor]:
     """A batch of ``collate_scenes`` with tokenizer inputs, tokenized where it is: ``scene_tokens``'s keys."""
-    inputs = {k[len(INPUTS):]: v for k, v in batch.items() if k.startswith(INPUTS)}
-    tokens = tokenize_batch(tokenizer, inputs)
-    out = {k: v for k, v in batch.items() if not k.startswith(INPUTS)}
+    tokens, out = tokenize_prefixed(tokenizer, batch)
     out.update(rel=tokens.rel.float(), centers=tokens.centers.float(), valid=tokens.valid.bool())
     return out

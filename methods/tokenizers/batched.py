@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from infra.progress import note_once
 from methods.tokenizers.batched_knn import knn_inputs, knn_tokenize, knn_unsupported
 from methods.tokenizers.batched_sam import sam_inputs, sam_tokenize, sam_unsupported
 from methods.tokenizers.knn import KnnTokenizer
@@ -92,6 +93,31 @@ def collate_tokenizer_inputs(items: list[dict[str, torch.Tensor]]) -> dict[str, 
             out[b, : len(v)] = v
         batch[key] = out
     return batch
+
+
+def with_prefix(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One item's tokenizer inputs under ``INPUTS`` keys, to travel beside the item's other tensors."""
+    return {INPUTS + k: v for k, v in inputs.items()}
+
+
+def collate_prefixed(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``collate_tokenizer_inputs`` of the ``INPUTS`` keys of training items, under ``INPUTS`` keys again."""
+    return with_prefix(collate_tokenizer_inputs([{k[len(INPUTS):]: v for k, v in item.items() if k.startswith(INPUTS)}
+                                                 for item in items]))
+
+
+def tokenize_prefixed(tokenizer, batch: dict[str, torch.Tensor]) -> tuple[TokenSet, dict[str, torch.Tensor]]:
+    """The tokens of a training batch's ``INPUTS`` keys (``tokenize_batch``) and the batch's other keys."""
+    inputs = {k[len(INPUTS):]: v for k, v in batch.items() if k.startswith(INPUTS)}
+    return tokenize_batch(tokenizer, inputs), {k: v for k, v in batch.items() if not k.startswith(INPUTS)}
+
+
+def batched_or_note(tokenizer, what: str) -> bool:
+    """Whether ``tokenizer`` has a batched path; if not, a note once that ``what`` stay per sample on the CPU."""
+    reason = supports_batched(tokenizer)
+    if reason is not None:
+        note_once(f"{what} made per sample on the CPU: {reason}")
+    return reason is None
 
 
 def tokenize_batch(tokenizer, inputs: dict[str, torch.Tensor]) -> TokenSet:
