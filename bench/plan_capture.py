@@ -2,9 +2,9 @@
 
 A pretraining stage (``PretrainStage.run``) and a fine-tuning run (``FinetuneSpec._fit``) build what they train
 inside their own code (a fine-tuning spec's model is built in a closure) and hand it to ``methods.train.train``.
-``captured_training`` swaps that one function, in the two modules that call it, for one that records its
-arguments and returns an empty history: the stage or spec then runs exactly as a table would run it, up to
-the first epoch, and no checkpoint is read or written. A plan times its steps on what was recorded
+``captured_training`` has that function record its arguments and return an empty history instead of
+training (``methods.train.recording_instead``): the stage or spec then runs exactly as a table would run it,
+up to the first epoch, and no checkpoint is read or written. A plan times its steps on what was recorded
 (``bench.plan_timing``), so the model, the tokenizer, the batch layout and the optimiser groups are the
 run's own. The stand-ins below give those steps data without a cache: the frames the plan prepared, the
 scenes it read, at the split's length.
@@ -17,11 +17,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-import methods.finetune_spec
-import methods.pretrain
 from methods.reweighting import group_weights
-
-_CALLERS = (methods.pretrain, methods.finetune_spec)  # the modules whose ``train`` builds are captured
+from methods.train import recording_instead
 
 
 @dataclasses.dataclass
@@ -48,14 +45,8 @@ def captured_training() -> Iterator[list[CapturedTraining]]:
         calls.append(CapturedTraining(name, module, dataset, collate, schedule, seed, param_groups))
         return [{"loss": 0.0}]
 
-    saved = [(module, module.train) for module in _CALLERS]
-    try:
-        for module in _CALLERS:
-            module.train = record
+    with recording_instead(record):
         yield calls
-    finally:
-        for module, train in saved:
-            module.train = train
 
 
 class StandInFrames:

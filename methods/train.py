@@ -22,11 +22,12 @@ load, sample and augment, and the batch is tokenized on the device after the cop
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import io
 import math
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import gin
 import torch
@@ -194,6 +195,22 @@ def _fitting(module: torch.nn.Module, state: dict | None, path: pathlib.Path) ->
     return state
 
 
+# What ``train`` hands its arguments to instead of training, within ``recording_instead`` (a plan, ``bench.plan``).
+_RECORDER: contextvars.ContextVar[Callable[..., list[dict[str, float]]] | None] = \
+    contextvars.ContextVar("training_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording_instead(record: Callable[..., list[dict[str, float]]]) -> Iterator[None]:
+    """Within the block, ``train`` trains nothing and reads no checkpoint: it calls ``record`` with its own
+    arguments and returns what ``record`` returns, so a caller builds everything a training would use."""
+    token = _RECORDER.set(record)
+    try:
+        yield
+    finally:
+        _RECORDER.reset(token)
+
+
 def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: Callable,
           schedule: TrainSchedule, checkpoint: pathlib.Path, seed: int,
           log: Callable[[dict[str, float], int], None] | None = None, name: str = "train",
@@ -209,6 +226,10 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, collate: C
     None = every trainable parameter at 1. ``epoch_hook(epoch)`` (rank 0) adds values to an epoch's
     history after its steps, e.g. a learning curve's point (``methods.learning_curve``).
     """
+    record = _RECORDER.get()
+    if record is not None:
+        return record(module, dataset, collate, schedule, checkpoint, seed, log=log, name=name,
+                      extra_state=extra_state, param_groups=param_groups, epoch_hook=epoch_hook)
     device = schedule.resolve_device()
     module.to(device)
     clock = timing.Stopwatch()

@@ -180,3 +180,17 @@ def test_tokens_made_after_the_copy_train_as_tokens_made_per_frame(tmp_path):
         other_history, other_params, other_phases = run(True, workers)
         assert other_phases["t|tokenize"][1] == 4  # 2 epochs of 2 steps, each batch tokenized after the copy
         assert other_history == history and all(torch.equal(params[k], other_params[k]) for k in params)
+
+
+def test_recording_instead_of_training_trains_and_writes_nothing(tmp_path):
+    from methods.train import recording_instead
+
+    calls = []
+    module = _Regression()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with recording_instead(lambda *args, **kwargs: calls.append((args, kwargs)) or [{"loss": 0.0}]):
+        history = train(module, _EpochNoise(), _collate, SCHEDULE, tmp_path / "c.pt", seed=3, name="recorded")
+    assert history == [{"loss": 0.0}] and len(calls) == 1 and calls[0][1]["name"] == "recorded"
+    assert not any(tmp_path.iterdir()) and all(torch.equal(before[k], module.state_dict()[k]) for k in before)
+    assert train(module, _EpochNoise(), _collate, dataclasses.replace(SCHEDULE, epochs=1), tmp_path / "c.pt",
+                 seed=3)[0]["loss"] > 0  # outside the block it trains again
